@@ -24,7 +24,7 @@ pub struct ConfigIssue {
 pub struct ConfigError(pub Vec<ConfigIssue>);
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The HTTP API.
@@ -37,18 +37,6 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Logging.
     pub log: LogConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            storage: StorageConfig::default(),
-            bus: BusConfig::default(),
-            retention: RetentionConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
 }
 
 /// `[http]`
@@ -272,7 +260,8 @@ impl Config {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); use e.g. 30s, 5m, 7d")))
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); use e.g. 30s, 5m, 7d")))
 }
 
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

@@ -3,7 +3,9 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{GeoPoint, ModelError, Name, ResourceKind, ResourcePath, Timestamp, Update, ValueType, value::json_type_name};
+use crate::{
+    GeoPoint, ModelError, Name, ResourceKind, ResourcePath, Timestamp, Update, ValueType, value::json_type_name,
+};
 
 /// The name of the service every provider has.
 pub const ADMIN_SERVICE: &str = "admin";
@@ -292,7 +294,9 @@ impl Provider {
                             operation: "given a value",
                         });
                     }
-                    if path.service.as_str() == ADMIN_SERVICE && path.resource.as_str() == AdminResource::LastSeen.name() {
+                    if path.service.as_str() == ADMIN_SERVICE
+                        && path.resource.as_str() == AdminResource::LastSeen.name()
+                    {
                         return Err(ModelError::WrongKind {
                             path: path.to_string(),
                             kind: ResourceKind::Sensor,
@@ -379,10 +383,8 @@ fn first_sight(path: &ResourcePath, value: &Value) -> Result<Resource, ModelErro
             "resource {path} (the admin service has only friendly_name, location, model, status and last_seen)"
         )));
     }
-    let value_type = ValueType::infer(value).ok_or_else(|| ModelError::InvalidValue {
-        path: path.to_string(),
-        reason: "null is not a value".into(),
-    })?;
+    let value_type = ValueType::infer(value)
+        .ok_or_else(|| ModelError::InvalidValue { path: path.to_string(), reason: "null is not a value".into() })?;
     Ok(Resource::new(ResourceKind::Sensor, value_type))
 }
 
@@ -542,7 +544,9 @@ mod tests {
     #[test]
     fn admin_values_are_validated() {
         let p = Provider::new(Name::new("p").unwrap());
-        assert!(p.check_update(&path("p/admin/location"), &json!({"type": "Point", "coordinates": [1.0, 2.0]})).is_ok());
+        assert!(
+            p.check_update(&path("p/admin/location"), &json!({"type": "Point", "coordinates": [1.0, 2.0]})).is_ok()
+        );
         assert!(p.check_update(&path("p/admin/location"), &json!({"type": "Point"})).is_err());
         assert!(p.check_update(&path("p/admin/status"), &json!("maybe")).is_err());
         assert!(p.check_update(&path("p/admin/last_seen"), &json!("2026-01-01T00:00:00Z")).is_err());

@@ -1,0 +1,72 @@
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use hub_model::Timestamp;
+use hub_policy::{Action, Principal};
+
+use crate::{ApiError, AppState};
+
+/// The authenticated caller of a request. A request without credentials is the subject `anonymous`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Principal);
+
+impl Caller {
+    /// Whether the request carried no credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.0.is_anonymous()
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let secret = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                let value =
+                    value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
+                let token = value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+                    .ok_or_else(|| ApiError::unauthorized("use Authorization: Bearer <token>"))?;
+                Some(token.trim().to_string())
+            }
+            // Browsers cannot set headers on EventSource and WebSocket requests: streams also take the token
+            // from the `access_token` query parameter.
+            None if is_stream(parts) => query_token(parts),
+            None => None,
+        };
+        let Some(secret) = secret else { return Ok(Caller(Principal::anonymous())) };
+        state
+            .tokens
+            .authenticate(&secret, Timestamp::now().as_micros())
+            .map(Caller)
+            .map_err(|e| ApiError::unauthorized(e.to_string()))
+    }
+}
+
+fn is_stream(parts: &Parts) -> bool {
+    matches!(parts.uri.path(), "/api/v1/events" | "/api/v1/ws" | "/events" | "/ws")
+}
+
+fn query_token(parts: &Parts) -> Option<String> {
+    parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("access_token=")).map(str::to_string)
+}
+
+/// Allows the request if the policy does; otherwise 401 for anonymous callers and 403 for the others.
+pub fn authorize(state: &AppState, caller: &Caller, object: &str, action: Action) -> Result<(), ApiError> {
+    if state.policy.check(&caller.0, object, action) {
+        return Ok(());
+    }
+    Err(denied(caller, object, action))
+}
+
+/// The error for a denied request.
+pub fn denied(caller: &Caller, object: &str, action: Action) -> ApiError {
+    if caller.is_anonymous() {
+        ApiError::unauthorized("authentication required: send Authorization: Bearer <token>")
+    } else {
+        ApiError::forbidden(format!("{} may not {action} {object}", caller.0.subject))
+    }
+}

@@ -1,0 +1,128 @@
+//! The hub's HTTP API under `/api/v1`: the twin (providers, resources, SET, ACT, history), ingest (JSON and
+//! SenML), live streams (Server-Sent Events and WebSocket), tokens, policy, health, metrics and the OpenAPI
+//! document generated from the handlers.
+//!
+//! Every request is authenticated (bearer token; no token means the subject `anonymous`) and authorised by the
+//! policy engine before anything else happens. Errors are RFC 9457 problem documents naming the bad field.
+
+mod auth;
+mod body;
+mod error;
+mod ingest;
+mod metrics;
+mod openapi;
+mod providers;
+mod streams;
+mod system;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use hub_policy::{PolicyEngine, TokenRegistry};
+use hub_twin::Twin;
+use tower_http::timeout::TimeoutLayer;
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use openapi::openapi;
+pub use system::{token_info, token_record};
+
+/// Limits the API enforces.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most updates in one ingest request.
+    pub max_batch: usize,
+    /// Deadline for one non-streaming request.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits { max_body_bytes: 16 * 1024 * 1024, max_batch: 100_000, request_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The live model.
+    pub twin: Arc<Twin>,
+    /// Authorisation.
+    pub policy: Arc<PolicyEngine>,
+    /// Authentication.
+    pub tokens: Arc<TokenRegistry>,
+    /// Counters exposed at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Limits.
+    pub limits: ApiLimits,
+}
+
+/// The complete router, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.limits.request_timeout;
+    let body_limit = state.limits.max_body_bytes;
+    let plain = Router::new()
+        .route("/providers", get(providers::list))
+        .route("/providers/{provider}", get(providers::get_one).put(providers::put_model).delete(providers::delete))
+        .route(
+            "/providers/{provider}/services/{service}/resources/{resource}",
+            get(providers::get_resource).put(providers::set_resource),
+        )
+        .route("/providers/{provider}/services/{service}/resources/{resource}/act", post(providers::act))
+        .route("/providers/{provider}/services/{service}/resources/{resource}/history", get(providers::history))
+        .route("/ingest", post(ingest::ingest))
+        .route("/tokens", get(system::list_tokens).post(system::create_token))
+        .route("/tokens/{id}", axum::routing::delete(system::delete_token))
+        .route("/policy", get(system::get_policy).put(system::put_policy))
+        .route("/policy/check", post(system::check_policy))
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .route("/openapi.json", get(system::openapi_json))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::SERVICE_UNAVAILABLE, timeout));
+    let streaming = Router::new().route("/events", get(streams::sse)).route("/ws", get(streams::ws));
+    let api = plain
+        .merge(streaming)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(body_limit));
+    Router::new()
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::not_found("no such route; the API lives under /api/v1") })
+        .layer(middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    state.metrics.observe_status(res.status().as_u16());
+    res
+}
+
+/// The routes and methods of the API, as `(method, path template)`, for tests that walk the route table.
+pub fn route_table() -> Vec<(String, String)> {
+    let doc = openapi();
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            ("GET", &item.get),
+            ("PUT", &item.put),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+        ];
+        for (method, op) in ops {
+            if op.is_some() {
+                out.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    out
+}

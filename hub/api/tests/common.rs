@@ -1,0 +1,108 @@
+//! Shared set-up: a real router over a real SQLite store in a temporary directory.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use hub_api::{ApiLimits, AppState, Metrics};
+use hub_bus::Bus;
+use hub_policy::{PolicyEngine, TokenInfo, TokenRegistry};
+use hub_store::SqliteStore;
+use hub_twin::Twin;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct Hub {
+    pub router: Router,
+    pub state: AppState,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+}
+
+pub const POLICY: &str = "\
+p, admin, *, *
+p, reader, noise-*, read
+p, writer, noise-*, write
+p, writer, noise-*, read
+";
+
+impl Hub {
+    pub async fn new() -> Hub {
+        Hub::with_policy(POLICY).await
+    }
+
+    pub async fn with_policy(policy: &str) -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("hub.db")).unwrap());
+        let twin = Arc::new(Twin::open(store, Bus::new(1024)).await.unwrap());
+        let state = AppState {
+            twin,
+            policy: Arc::new(PolicyEngine::new(policy).unwrap()),
+            tokens: Arc::new(TokenRegistry::new()),
+            metrics: Arc::new(Metrics::new()),
+            limits: ApiLimits { max_body_bytes: 64 * 1024, ..ApiLimits::default() },
+        };
+        let mut hub = Hub { router: hub_api::router(state.clone()), state, admin: String::new(), _dir: dir };
+        hub.admin = hub.token("admin", &["admin"]);
+        hub
+    }
+
+    pub fn token(&self, subject: &str, roles: &[&str]) -> String {
+        let (secret, hash) = TokenRegistry::generate().unwrap();
+        self.state
+            .tokens
+            .insert(TokenInfo {
+                hash,
+                subject: subject.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                description: None,
+                created_micros: 0,
+                expires_micros: None,
+            })
+            .unwrap();
+        secret
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> (StatusCode, Value, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some((ct, bytes)) => req.header(header::CONTENT_TYPE, ct).body(Body::from(bytes)).unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let ct = res.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, json, ct)
+    }
+
+    pub async fn get(&self, uri: &str, token: &str) -> (StatusCode, Value) {
+        let (s, v, _) = self.call(Method::GET, uri, Some(token), None).await;
+        (s, v)
+    }
+
+    pub async fn send_json(&self, method: Method, uri: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let (s, v, _) =
+            self.call(method, uri, Some(token), Some(("application/json", body.to_string().into_bytes()))).await;
+        (s, v)
+    }
+
+    pub async fn ingest(&self, token: &str, updates: Value) -> (StatusCode, Value) {
+        self.send_json(Method::POST, "/api/v1/ingest", token, serde_json::json!({ "updates": updates })).await
+    }
+}

@@ -1,0 +1,170 @@
+//! SSE and WebSocket streams over a real socket: filtering by glob and by permission, names with dots,
+//! deletions, and a policy change cutting a stream's view at once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Hub;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn serve(hub: &Hub) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = hub.router.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+/// Reads SSE frames until `n` events of type `kind` were seen (or the deadline passes).
+struct SseReader {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    _client: reqwest::Client,
+}
+
+impl SseReader {
+    async fn open(addr: &str, query: &str, token: &str) -> Result<SseReader, reqwest::StatusCode> {
+        let client = reqwest::Client::new();
+        let res = client.get(format!("http://{addr}/api/v1/events?{query}")).bearer_auth(token).send().await.unwrap();
+        if !res.status().is_success() {
+            return Err(res.status());
+        }
+        Ok(SseReader { body: Box::pin(res.bytes_stream()), buf: String::new(), _client: client })
+    }
+
+    async fn next_event(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let mut kind = String::new();
+                let mut data = String::new();
+                for line in frame.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim());
+                    }
+                }
+                if kind.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (kind, serde_json::from_str(&data).unwrap_or(Value::Null));
+            }
+            let chunk = timeout(WAIT, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("no SSE event in time; buffered: {:?}", self.buf))
+                .unwrap()
+                .unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_carries_only_matching_and_permitted_updates() {
+    let hub = Hub::new().await;
+    hub.ingest(
+        &hub.admin,
+        json!([
+            {"provider": "noise-1", "service": "sound", "resource": "level", "value": 1},
+            {"provider": "cam.1", "service": "people", "resource": "count", "value": 1}
+        ]),
+    )
+    .await;
+    let addr = serve(&hub).await;
+    let reader_token = hub.token("rita", &["reader"]);
+    let nobody = hub.token("nobody", &[]);
+    assert_eq!(SseReader::open(&addr, "", &nobody).await.err(), Some(reqwest::StatusCode::FORBIDDEN));
+
+    let mut reader = SseReader::open(&addr, "", &reader_token).await.unwrap();
+    let mut dotted = SseReader::open(&addr, "provider=cam.*&resource=count", &hub.admin).await.unwrap();
+    let (s, v) = hub
+        .ingest(
+            &hub.admin,
+            json!([
+                {"provider": "cam.1", "service": "people", "resource": "count", "value": 7},
+                {"provider": "noise-1", "service": "sound", "resource": "level", "value": 55}
+            ]),
+        )
+        .await;
+    assert_eq!(s, axum::http::StatusCode::OK, "{v}");
+    let (kind, ev) = reader.next_event().await;
+    assert_eq!(kind, "update");
+    assert_eq!(
+        (ev["provider"].as_str(), ev["value"].as_i64()),
+        (Some("noise-1"), Some(55)),
+        "the reader never sees cam.1"
+    );
+    let (_, ev) = dotted.next_event().await;
+    assert_eq!(
+        (ev["provider"].as_str(), ev["resource"].as_str(), ev["value"].as_i64()),
+        (Some("cam.1"), Some("count"), Some(7))
+    );
+
+    // The policy changes: the reader loses noise-1 at once, on the stream already open.
+    hub.state.policy.replace("p, admin, *, *\np, reader, noise-2/*, read\n").await.unwrap();
+    hub.ingest(
+        &hub.admin,
+        json!([
+            {"provider": "noise-1", "service": "sound", "resource": "level", "value": 56},
+            {"provider": "noise-2", "service": "sound", "resource": "level", "value": 1}
+        ]),
+    )
+    .await;
+    let (_, ev) = reader.next_event().await;
+    assert_eq!(ev["provider"], "noise-2", "noise-1's update must not reach the reader after the change: {ev}");
+
+    // Deletion is streamed to whoever may read the provider.
+    let (s, _, _) = hub.call(axum::http::Method::DELETE, "/api/v1/providers/cam.1", Some(&hub.admin), None).await;
+    assert_eq!(s, axum::http::StatusCode::NO_CONTENT);
+    let (kind, ev) = dotted.next_event().await;
+    assert_eq!((kind.as_str(), ev["provider"].as_str()), ("deleted", Some("cam.1")));
+}
+
+#[tokio::test]
+async fn websocket_subscriptions_filter_by_glob_and_permission() {
+    let hub = Hub::new().await;
+    hub.ingest(&hub.admin, json!([{"provider": "noise-1", "service": "sound", "resource": "level", "value": 1}])).await;
+    let addr = serve(&hub).await;
+    let reader_token = hub.token("rita", &["reader"]);
+    // The token travels as a query parameter, as browsers must send it.
+    let req = format!("ws://{addr}/api/v1/ws?access_token={reader_token}").into_client_request().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(json!({"op": "subscribe", "id": "s1", "provider": "*"}).to_string())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    hub.ingest(
+        &hub.admin,
+        json!([
+            {"provider": "cam-1", "service": "people", "resource": "count", "value": 4},
+            {"provider": "noise-1", "service": "sound", "resource": "level", "value": 60}
+        ]),
+    )
+    .await;
+    let ev = next(&mut ws).await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["subscription"].as_str(), ev["provider"].as_str()),
+        (Some("update"), Some("s1"), Some("noise-1"))
+    );
+    ws.send(Message::text("{\"op\": \"dance\"}")).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "error");
+    ws.send(Message::text(json!({"op": "unsubscribe", "id": "s1"}).to_string())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "unsubscribed");
+
+    let nobody = hub.token("nobody", &[]);
+    let req = format!("ws://{addr}/api/v1/ws?access_token={nobody}").into_client_request().unwrap();
+    assert!(tokio_tungstenite::connect_async(req).await.is_err(), "a subject with no read permission is refused");
+}
+
+async fn next<S>(ws: &mut S) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let msg = timeout(WAIT, ws.next()).await.expect("no WebSocket message in time").unwrap().unwrap();
+    serde_json::from_str::<Value>(msg.to_text().unwrap()).unwrap()
+}

@@ -1,0 +1,407 @@
+//! The `hub` binary: parses the command line and the configuration, sets up logging, wires the crates together,
+//! serves until SIGINT/SIGTERM, then shuts down within a deadline and flushes storage. No logic of its own.
+
+use std::{
+    fs,
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use hub_api::{ApiLimits, AppState, Metrics};
+use hub_bus::Bus;
+use hub_config::{Config, LogFormat, RetentionAction, SqliteSynchronous};
+use hub_model::Timestamp;
+use hub_policy::{DEFAULT_POLICY, PolicyEngine, TokenInfo, TokenRegistry};
+use hub_store::{Aggregate, Rollup, SqliteOptions, SqliteStore, Store, Synchronous};
+use hub_twin::{RetentionPolicy, Twin};
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown may take before the hub exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "hub", version, about = "IoT interoperability hub: digital twins of a city's devices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub. Without a config file it runs on embedded defaults (HTTP 127.0.0.1:8080, SQLite in ./data).
+    Serve(ServeArgs),
+    /// Manage API tokens of a running hub.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Validate a configuration file and exit.
+    CheckConfig {
+        /// The TOML file.
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address (overrides http.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once.
+    Create {
+        /// Who the token authenticates.
+        #[arg(long)]
+        subject: String,
+        /// A role the token carries (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A note.
+        #[arg(long)]
+        description: Option<String>,
+        /// Lifetime, e.g. 30d.
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        target: HubTarget,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        target: HubTarget,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// The token id (as listed).
+        id: String,
+        #[command(flatten)]
+        target: HubTarget,
+    },
+}
+
+#[derive(clap::Args)]
+struct HubTarget {
+    /// Base URL of the running hub.
+    #[arg(long, env = "HUB_URL", default_value = "http://127.0.0.1:8080")]
+    hub: String,
+    /// An admin token; defaults to HUB_ADMIN_TOKEN, then <data-dir>/admin.token.
+    #[arg(long, env = "HUB_TOKEN")]
+    token: Option<String>,
+    /// Where to find admin.token when no token is given.
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = load_config(&args)?;
+            init_tracing(&config);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(serve(config))
+        }
+        Command::Token { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(token_command(command))
+        }
+        Command::CheckConfig { config } => {
+            let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            Config::from_toml(&text)?;
+            println!("{}: valid", config.display());
+            Ok(())
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+            Config::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.http.listen = listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
+    match config.storage.url.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = hub_store::PostgresStore::connect(url, config.storage.schema.as_deref())
+                .await
+                .context("storage.url: cannot open PostgreSQL")?;
+            Ok(Arc::new(store))
+        }
+        other => {
+            let path = match other.and_then(|u| u.strip_prefix("sqlite://")) {
+                Some(p) => PathBuf::from(p),
+                None => config.storage.data_dir.join("hub.db"),
+            };
+            let options = SqliteOptions {
+                synchronous: match config.storage.sqlite_synchronous {
+                    SqliteSynchronous::Full => Synchronous::Full,
+                    SqliteSynchronous::Normal => Synchronous::Normal,
+                },
+                ..SqliteOptions::default()
+            };
+            let store = SqliteStore::open_with(&path, options)
+                .with_context(|| format!("storage: cannot open SQLite at {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let data_dir = &config.storage.data_dir;
+    fs::create_dir_all(data_dir).with_context(|| format!("storage.data_dir: cannot create {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen (--listen): cannot listen on {}", config.http.listen))?;
+    let store = open_store(&config).await?;
+    let twin = Arc::new(Twin::open(store.clone(), Bus::new(config.bus.capacity)).await?);
+
+    let policy_text = match store.policy().await? {
+        Some(text) => text,
+        None => {
+            store.save_policy(DEFAULT_POLICY).await?;
+            DEFAULT_POLICY.to_string()
+        }
+    };
+    let policy = Arc::new(PolicyEngine::new(&policy_text).context("the stored policy is invalid")?);
+    let tokens = Arc::new(TokenRegistry::new());
+    let records = store.tokens().await?;
+    tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
+    bootstrap_admin(&store, &tokens, data_dir).await?;
+
+    let state = AppState {
+        twin: twin.clone(),
+        policy,
+        tokens,
+        metrics: Arc::new(Metrics::new()),
+        limits: ApiLimits {
+            max_body_bytes: config.http.max_body_bytes,
+            max_batch: config.http.max_batch,
+            request_timeout: config.http.request_timeout,
+        },
+    };
+    let cancel = CancellationToken::new();
+    let retention = tokio::spawn(retention_loop(
+        twin.clone(),
+        retention_policies(&config),
+        config.retention.interval,
+        cancel.clone(),
+    ));
+
+    let (providers, resources) = twin.counts();
+    tracing::info!(listen = %config.http.listen, data_dir = %data_dir.display(), providers, resources, "hub serving");
+    let app = hub_api::router(state);
+    let server_cancel = cancel.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            server_cancel.cancel();
+        })
+        .await
+        .context("HTTP server failed")?;
+    cancel.cancel();
+    let finish = async {
+        let _ = retention.await;
+        store.close().await
+    };
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await {
+        Ok(Ok(())) => tracing::info!("storage flushed; bye"),
+        Ok(Err(e)) => bail!("flushing storage failed: {e}"),
+        Err(_) => bail!("shutdown exceeded {SHUTDOWN_DEADLINE:?}"),
+    }
+    Ok(())
+}
+
+/// On first start (no token at all) creates an admin token, prints it once and writes it to
+/// `<data-dir>/admin.token` (mode 600). `HUB_ADMIN_TOKEN` sets the admin token instead.
+async fn bootstrap_admin(store: &Arc<dyn Store>, tokens: &TokenRegistry, data_dir: &Path) -> Result<()> {
+    let from_env = std::env::var("HUB_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let secret = match from_env {
+        Some(secret) => {
+            if tokens.get(&TokenRegistry::hash(&secret)).is_some() {
+                return Ok(());
+            }
+            secret
+        }
+        None if tokens.list().is_empty() => {
+            let (secret, _) = TokenRegistry::generate()?;
+            let path = data_dir.join("admin.token");
+            write_secret(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+            println!("Admin token (shown once; also in {}):\n{secret}", path.display());
+            secret
+        }
+        None => return Ok(()),
+    };
+    let info = TokenInfo {
+        hash: TokenRegistry::hash(&secret),
+        subject: "admin".into(),
+        roles: vec!["admin".into()],
+        description: Some("bootstrap admin token".into()),
+        created_micros: Timestamp::now().as_micros(),
+        expires_micros: None,
+    };
+    store.put_token(hub_api::token_record(&info)).await?;
+    tokens.insert(info)?;
+    Ok(())
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()
+}
+
+fn retention_policies(config: &Config) -> Vec<RetentionPolicy> {
+    config
+        .retention
+        .rules
+        .iter()
+        .map(|r| RetentionPolicy {
+            resources: r.resources.clone(),
+            keep_raw_micros: i64::try_from(r.keep_raw.as_micros()).unwrap_or(i64::MAX),
+            rollup: match r.then {
+                RetentionAction::Drop => Rollup::Drop,
+                RetentionAction::Downsample => Rollup::Downsample {
+                    every_micros: r
+                        .every
+                        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+                        .unwrap_or(60_000_000),
+                    aggregate: match r.aggregate.as_deref() {
+                        Some("min") => Aggregate::Min,
+                        Some("max") => Aggregate::Max,
+                        Some("sum") => Aggregate::Sum,
+                        Some("count") => Aggregate::Count,
+                        Some("last") => Aggregate::Last,
+                        _ => Aggregate::Avg,
+                    },
+                },
+            },
+        })
+        .collect()
+}
+
+async fn retention_loop(twin: Arc<Twin>, rules: Vec<RetentionPolicy>, every: Duration, cancel: CancellationToken) {
+    if rules.is_empty() {
+        return;
+    }
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {
+                match hub_twin::apply_retention(&twin, &rules, Timestamp::now()).await {
+                    Ok(o) => tracing::info!(removed = o.removed, written = o.written, "retention pass"),
+                    Err(e) => tracing::warn!("retention pass failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+fn admin_token(target: &HubTarget) -> Result<String> {
+    if let Some(t) = &target.token {
+        return Ok(t.clone());
+    }
+    if let Ok(t) = std::env::var("HUB_ADMIN_TOKEN")
+        && !t.is_empty()
+    {
+        return Ok(t);
+    }
+    let path = target.data_dir.join("admin.token");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("no --token given and {} is unreadable", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+async fn token_command(command: TokenCommand) -> Result<()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let (request, target) = match &command {
+        TokenCommand::Create { subject, roles, description, expires_in, target } => {
+            let body = serde_json::json!({
+                "subject": subject, "roles": roles, "description": description, "expires_in": expires_in,
+            });
+            (client.post(format!("{}/api/v1/tokens", target.hub)).json(&body), target)
+        }
+        TokenCommand::List { target } => (client.get(format!("{}/api/v1/tokens", target.hub)), target),
+        TokenCommand::Revoke { id, target } => (client.delete(format!("{}/api/v1/tokens/{id}", target.hub)), target),
+    };
+    let res = request
+        .bearer_auth(admin_token(target)?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", target.hub))?;
+    let status = res.status();
+    let text = res.text().await?;
+    if !status.is_success() {
+        bail!("the hub answered {status}: {text}");
+    }
+    match command {
+        TokenCommand::Create { .. } => {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            eprintln!(
+                "token id {} (the token is shown once; only its hash is stored)",
+                v["id"].as_str().unwrap_or_default()
+            );
+        }
+        TokenCommand::List { .. } => println!("{text}"),
+        TokenCommand::Revoke { id, .. } => eprintln!("revoked {id}"),
+    }
+    Ok(())
+}

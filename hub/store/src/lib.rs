@@ -1,0 +1,261 @@
+//! Durable state and history: the [`Store`] trait and its two backends.
+//!
+//! The store keeps three things: the declared model and current value of every resource (so the twin can be
+//! rebuilt after a restart), the history of values (append-only, queried by time range with cursor paging and
+//! downsampling, trimmed by retention), and the hub's own records (token hashes, the casbin policy text).
+//! SQLite (WAL, in the data directory) is the embedded default; PostgreSQL is selected by URL. Both pass the
+//! same conformance suite in [`conformance`].
+
+use std::{path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use hub_model::{Name, Provider, Resource, ResourcePath, Timestamp, Update};
+use serde::{Deserialize, Serialize};
+
+mod common;
+#[doc(hidden)]
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` for PostgreSQL, `sqlite://PATH` or a plain
+/// file path for SQLite (`sqlite:///var/lib/hub/hub.db` is an absolute path).
+pub async fn open_url(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresStore::connect(url, None).await?));
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    if path.is_empty() {
+        return Err(StoreError::InvalidInput(format!("store url {url:?} names no database file")));
+    }
+    if path.contains("://") {
+        return Err(StoreError::InvalidInput(format!(
+            "store url {url:?}: use sqlite://PATH, a file path, or postgres://..."
+        )));
+    }
+    let path = Path::new(path).to_path_buf();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("opening the sqlite store failed: {e}")))??;
+    Ok(Arc::new(store))
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the operation; the caller may retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The caller asked for something malformed (e.g. a cursor that was not issued by this store).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The store is shutting down and accepts no more writes.
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+/// One durable write: resource declarations and value updates, committed together.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// Resources to create or re-declare (kind, type, unit, metadata, parameters). Their `value` and
+    /// `timestamp` fields are ignored: values travel in `updates`.
+    pub declarations: Vec<(ResourcePath, Resource)>,
+    /// New values. Each is appended to history; the current value of a resource becomes the update with the
+    /// newest timestamp (ties: the later one in the batch).
+    pub updates: Arc<[Update]>,
+}
+
+/// Which way a history page runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
+}
+
+/// A page of raw history.
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    /// The resource.
+    pub path: ResourcePath,
+    /// Inclusive lower bound.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound.
+    pub to: Option<Timestamp>,
+    /// At most this many points (the API caps it).
+    pub limit: usize,
+    /// Direction.
+    pub order: Order,
+    /// Resume after this cursor (from a previous page of the same query).
+    pub cursor: Option<String>,
+}
+
+/// One stored point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    /// When the value was measured.
+    pub timestamp: Timestamp,
+    /// The value.
+    pub value: serde_json::Value,
+}
+
+/// A page of history and the cursor for the next one (`None` at the end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The points, in the requested order.
+    pub points: Vec<Point>,
+    /// Opaque; pass it back as [`HistoryQuery::cursor`] to get the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// How values in one time bucket are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// Arithmetic mean (numeric resources only).
+    Avg,
+    /// Smallest value (numeric resources only).
+    Min,
+    /// Largest value (numeric resources only).
+    Max,
+    /// Sum (numeric resources only).
+    Sum,
+    /// Number of points (any type).
+    Count,
+    /// The newest value in the bucket (any type).
+    Last,
+}
+
+impl Aggregate {
+    /// Whether this aggregate needs numeric values.
+    pub fn needs_numbers(self) -> bool {
+        !matches!(self, Aggregate::Count | Aggregate::Last)
+    }
+}
+
+/// A downsampling query: fixed buckets of `every` microseconds, aligned to the Unix epoch.
+#[derive(Debug, Clone)]
+pub struct DownsampleQuery {
+    /// The resource.
+    pub path: ResourcePath,
+    /// Inclusive lower bound.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound.
+    pub to: Option<Timestamp>,
+    /// Bucket width in microseconds (> 0).
+    pub every_micros: i64,
+    /// How to combine the values in a bucket.
+    pub aggregate: Aggregate,
+    /// At most this many buckets.
+    pub limit: usize,
+    /// Direction.
+    pub order: Order,
+}
+
+/// One downsampled bucket. Empty buckets are not returned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bucket {
+    /// The bucket's start (aligned to the epoch).
+    pub start: Timestamp,
+    /// The aggregate value.
+    pub value: serde_json::Value,
+    /// How many points fell in the bucket.
+    pub count: u64,
+}
+
+/// What retention does to points older than the cutoff.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rollup {
+    /// Delete them.
+    Drop,
+    /// Replace them by one point per bucket of `every_micros` (at the bucket start), combined with `aggregate`.
+    /// Non-numeric resources keep the last value of each bucket whatever the aggregate.
+    Downsample {
+        /// Bucket width in microseconds.
+        every_micros: i64,
+        /// How values are combined.
+        aggregate: Aggregate,
+    },
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    /// Raw points removed.
+    pub removed: u64,
+    /// Aggregated points written in their place.
+    pub written: u64,
+}
+
+/// A stored API token: only the hash of the secret is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// Who the token authenticates.
+    pub subject: String,
+    /// Roles the token carries.
+    pub roles: Vec<String>,
+    /// A note from whoever created it.
+    pub description: Option<String>,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Expiry, if any.
+    pub expires: Option<Timestamp>,
+}
+
+/// The storage seam. Every method is safe to call concurrently; writes are durable when they return.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every provider with its declared resources and current values, for rebuilding the twin at start.
+    /// `admin/last_seen` is not stored; the twin recomputes it.
+    async fn load(&self) -> Result<Vec<Provider>, StoreError>;
+
+    /// Commits a batch durably (history rows, current values, declarations) in one transaction. Concurrent
+    /// calls are grouped into one commit (group commit); each returns only once its batch is on disk.
+    async fn append(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// Deletes a provider with all its resources and history. Returns whether it existed.
+    async fn delete_provider(&self, provider: &Name) -> Result<bool, StoreError>;
+
+    /// A page of raw history.
+    async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, StoreError>;
+
+    /// Downsampled history.
+    async fn downsample(&self, query: DownsampleQuery) -> Result<Vec<Bucket>, StoreError>;
+
+    /// Applies retention to the given resources: points strictly older than `cutoff` are dropped or rolled up.
+    async fn retain(
+        &self,
+        resources: &[ResourcePath],
+        cutoff: Timestamp,
+        rollup: Rollup,
+    ) -> Result<RetentionOutcome, StoreError>;
+
+    /// Stores a new token record.
+    async fn put_token(&self, token: TokenRecord) -> Result<(), StoreError>;
+
+    /// Every token record.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Deletes a token by hash. Returns whether it existed.
+    async fn delete_token(&self, hash: &str) -> Result<bool, StoreError>;
+
+    /// The saved policy text, if one was ever saved.
+    async fn policy(&self) -> Result<Option<String>, StoreError>;
+
+    /// Saves the policy text (replacing the previous one).
+    async fn save_policy(&self, text: &str) -> Result<(), StoreError>;
+
+    /// Flushes pending writes and stops accepting new ones. Later writes fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,205 @@
+//! Test support for end-to-end tests: builds the `hub` binary once, runs it as a child process on a free
+//! loopback port with its own data directory, and offers a small HTTP client for it.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// The path of the `hub` binary, built with the same cargo as the tests (once per process): a debug build for
+/// tests, a release build for benchmarks.
+pub fn hub_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec!["build", "-p", "hub-cli", "--bin", "hub", "--message-format", "json"];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
+        let out = Command::new(cargo)
+            .args(&args)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo build for the hub binary");
+        assert!(out.status.success(), "building the hub binary failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .find(|p| p.file_name().is_some_and(|n| n == "hub"))
+            .expect("cargo reported no hub executable")
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests that start at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+}
+
+/// A running hub process.
+pub struct HubProcess {
+    /// The child.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The admin token.
+    pub admin: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The listen port.
+    pub port: u16,
+}
+
+/// How to start a hub.
+pub struct Launch<'a> {
+    /// Data directory.
+    pub data_dir: &'a Path,
+    /// Port to listen on.
+    pub port: u16,
+    /// Extra arguments to `hub serve`.
+    pub args: Vec<String>,
+    /// Admin token to set through `HUB_ADMIN_TOKEN`.
+    pub admin: Option<&'a str>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl<'a> Launch<'a> {
+    /// Defaults: no extra arguments, the test admin token.
+    pub fn new(data_dir: &'a Path) -> Self {
+        Launch { data_dir, port: free_port(), args: Vec::new(), admin: None, env: Vec::new() }
+    }
+}
+
+/// The PostgreSQL URL tests use (`HUB_TEST_POSTGRES_URL` overrides it).
+pub fn postgres_url() -> String {
+    std::env::var("HUB_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A schema name unique to this process and call.
+pub fn unique_schema(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Writes a config file that selects PostgreSQL in a fresh schema; returns its path and the schema.
+pub fn postgres_config(dir: &Path) -> (PathBuf, String) {
+    let schema = unique_schema("hube2e");
+    let path = dir.join("pg.toml");
+    let text = format!("[storage]\nurl = \"{}\"\nschema = \"{schema}\"\n", postgres_url());
+    std::fs::write(&path, text).expect("writing the PostgreSQL config");
+    (path, schema)
+}
+
+impl HubProcess {
+    /// Starts `hub serve` and waits until it answers `/healthz`.
+    pub async fn start(launch: Launch<'_>) -> Result<HubProcess> {
+        let admin = launch.admin.unwrap_or("hub_e2e-admin-token-0123456789abcdefghijklmnop").to_string();
+        let mut cmd = Command::new(hub_binary());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", launch.port))
+            .arg("--data-dir")
+            .arg(launch.data_dir)
+            .args(&launch.args)
+            .env("HUB_ADMIN_TOKEN", &admin)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().context("spawning hub")?;
+        let mut hub = HubProcess {
+            child,
+            base: format!("http://127.0.0.1:{}", launch.port),
+            admin,
+            data_dir: launch.data_dir.to_path_buf(),
+            port: launch.port,
+        };
+        hub.wait_ready(Duration::from_secs(60)).await?;
+        Ok(hub)
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        let client = client();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the hub exited during start-up with {status}");
+            }
+            let ok = client
+                .get(format!("{}/api/v1/healthz", self.base))
+                .bearer_auth(&self.admin)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the hub did not become healthy within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET a path under the base URL as admin; returns status and JSON.
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let res = client().get(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// POST JSON to a path under the base URL as admin; returns status and JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        let res = client().post(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(body).send().await?;
+        let status = res.status().as_u16();
+        Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the hub did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client with a timeout on every request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("building an HTTP client")
+}
