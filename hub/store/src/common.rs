@@ -33,6 +33,17 @@ pub(crate) enum Command {
     PutToken(TokenRecord, Ack<()>),
     DeleteToken(String, Ack<bool>),
     SavePolicy(String, Ack<()>),
+    PutRecord {
+        namespace: String,
+        key: String,
+        body: String,
+        ack: Ack<()>,
+    },
+    DeleteRecord {
+        namespace: String,
+        key: String,
+        ack: Ack<bool>,
+    },
     /// Flush what came before, then stop.
     Close(Ack<()>),
 }
@@ -70,10 +81,14 @@ pub(crate) fn steps(commands: Vec<Command>) -> Vec<Step> {
 pub(crate) fn refuse(command: Command) {
     // A dropped receiver means the caller gave up waiting; nothing to tell it.
     match command {
-        Command::Append(_, ack) | Command::PutToken(_, ack) | Command::SavePolicy(_, ack) | Command::Close(ack) => {
+        Command::Append(_, ack)
+        | Command::PutToken(_, ack)
+        | Command::SavePolicy(_, ack)
+        | Command::PutRecord { ack, .. }
+        | Command::Close(ack) => {
             let _ = ack.send(Err(StoreError::Closed));
         }
-        Command::DeleteProvider(_, ack) | Command::DeleteToken(_, ack) => {
+        Command::DeleteProvider(_, ack) | Command::DeleteToken(_, ack) | Command::DeleteRecord { ack, .. } => {
             let _ = ack.send(Err(StoreError::Closed));
         }
         Command::Retain(_, _, _, ack) => {

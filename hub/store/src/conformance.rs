@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             delete_provider_removes_state_and_history,
             tokens_put_list_delete,
             policy_save_and_load,
+            records_put_list_delete,
             concurrent_appends_are_durable,
             bad_batch_fails_alone,
             closed_store_refuses_writes,
@@ -638,6 +639,31 @@ pub async fn policy_save_and_load(h: Arc<dyn Harness>) {
     store.close().await.unwrap();
     let store = open(&h).await;
     assert_eq!(store.policy().await.unwrap().as_deref(), Some(""));
+    store.close().await.unwrap();
+}
+
+/// Records are kept per namespace, replaced by key, listed in key order, deleted, and survive a reopen.
+pub async fn records_put_list_delete(h: Arc<dyn Harness>) {
+    let store = open(&h).await;
+    assert!(store.records("rules").await.unwrap().is_empty());
+    store.put_record("rules", "b.noise", "rule b").await.unwrap();
+    store.put_record("rules", "a.fall", "rule a").await.unwrap();
+    store.put_record("plugins", "a.fall", "{\"other\": \"namespace\"}").await.unwrap();
+    store.put_record("rules", "b.noise", "rule b, edited: ünïcode").await.unwrap();
+    let rules = store.records("rules").await.unwrap();
+    assert_eq!(
+        rules,
+        vec![
+            ("a.fall".to_string(), "rule a".to_string()),
+            ("b.noise".to_string(), "rule b, edited: ünïcode".to_string())
+        ]
+    );
+    assert!(store.delete_record("rules", "a.fall").await.unwrap());
+    assert!(!store.delete_record("rules", "a.fall").await.unwrap());
+    store.close().await.unwrap();
+    let store = open(&h).await;
+    assert_eq!(store.records("rules").await.unwrap().len(), 1);
+    assert_eq!(store.records("plugins").await.unwrap().len(), 1);
     store.close().await.unwrap();
 }
 

@@ -256,6 +256,16 @@ pub trait Store: Send + Sync + 'static {
     /// Saves the policy text (replacing the previous one).
     async fn save_policy(&self, text: &str) -> Result<(), StoreError>;
 
+    /// Stores a small named document under `namespace` and `key`, replacing any previous one. Other parts of the
+    /// hub keep their durable records here (deployed rules, installed plugins, plugin state).
+    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError>;
+
+    /// Every record of a namespace as `(key, body)`, ordered by key.
+    async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Deletes one record. Returns whether it existed.
+    async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+
     /// Flushes pending writes and stops accepting new ones. Later writes fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
 }

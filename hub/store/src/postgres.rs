@@ -74,6 +74,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires BIGINT
 );
 CREATE TABLE IF NOT EXISTS policy (id INTEGER PRIMARY KEY CHECK (id = 1), text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
 ";
 
 const UPSERT_DECLARATION: &str = "INSERT INTO resources (provider, service, resource, kind, type, unit, metadata, \
@@ -487,6 +493,14 @@ impl Writer {
                 let result = deadline!(self, self.save_policy(&text));
                 let _ = ack.send(self.after(result));
             }
+            Command::PutRecord { namespace, key, body, ack } => {
+                let result = deadline!(self, self.put_record(&namespace, &key, &body));
+                let _ = ack.send(self.after(result));
+            }
+            Command::DeleteRecord { namespace, key, ack } => {
+                let result = deadline!(self, self.delete_record(&namespace, &key));
+                let _ = ack.send(self.after(result));
+            }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
@@ -597,6 +611,28 @@ impl Writer {
     async fn delete_token(&mut self, hash: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let deleted = client.execute("DELETE FROM tokens WHERE hash = $1", &[&hash]).await.map_err(pg)?;
+        Ok(deleted > 0)
+    }
+
+    async fn put_record(&mut self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO records (namespace, key, body) VALUES ($1, $2, $3) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
+                &[&namespace, &key, &body],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn delete_record(&mut self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute("DELETE FROM records WHERE namespace = $1 AND key = $2", &[&namespace, &key])
+            .await
+            .map_err(pg)?;
         Ok(deleted > 0)
     }
 
@@ -776,6 +812,28 @@ impl Store for PostgresStore {
     async fn save_policy(&self, text: &str) -> Result<(), StoreError> {
         let text = text.to_owned();
         self.writer.call(|ack| Command::SavePolicy(text, ack)).await
+    }
+
+    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
+        let (namespace, key, body) = (namespace.to_owned(), key.to_owned(), body.to_owned());
+        self.writer.call(|ack| Command::PutRecord { namespace, key, body, ack }).await
+    }
+
+    async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError> {
+        within(async {
+            let client = self.reader().await?;
+            let rows = client
+                .query("SELECT key, body FROM records WHERE namespace = $1 ORDER BY key", &[&namespace])
+                .await
+                .map_err(pg)?;
+            rows.iter().map(|row| Ok((column(row, 0)?, column(row, 1)?))).collect()
+        })
+        .await
+    }
+
+    async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let (namespace, key) = (namespace.to_owned(), key.to_owned());
+        self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

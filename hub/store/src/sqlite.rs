@@ -146,6 +146,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires INTEGER
 );
 CREATE TABLE IF NOT EXISTS policy (id INTEGER PRIMARY KEY CHECK (id = 1), text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
 ";
 
 const UPSERT_DECLARATION: &str = "INSERT INTO resources (provider, service, resource, kind, type, unit, metadata, \
@@ -471,6 +477,19 @@ impl Writer {
                 );
                 let _ = ack.send(result.map(|_| ()).map_err(db));
             }
+            Command::PutRecord { namespace, key, body, ack } => {
+                let result = self.conn.execute(
+                    "INSERT INTO records (namespace, key, body) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
+                    [namespace, key, body],
+                );
+                let _ = ack.send(result.map(|_| ()).map_err(db));
+            }
+            Command::DeleteRecord { namespace, key, ack } => {
+                let result =
+                    self.conn.execute("DELETE FROM records WHERE namespace = ?1 AND key = ?2", [namespace, key]);
+                let _ = ack.send(result.map(|n| n > 0).map_err(db));
+            }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
@@ -780,6 +799,29 @@ impl Store for SqliteStore {
     async fn save_policy(&self, text: &str) -> Result<(), StoreError> {
         let text = text.to_owned();
         self.writer.call(|ack| Command::SavePolicy(text, ack)).await
+    }
+
+    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
+        let (namespace, key, body) = (namespace.to_owned(), key.to_owned(), body.to_owned());
+        self.writer.call(|ack| Command::PutRecord { namespace, key, body, ack }).await
+    }
+
+    async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let namespace = namespace.to_owned();
+        self.reads
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached("SELECT key, body FROM records WHERE namespace = ?1 ORDER BY key")
+                    .map_err(db)?;
+                let rows = stmt.query_map([namespace], |row| Ok((row.get(0)?, row.get(1)?))).map_err(db)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db)
+            })
+            .await
+    }
+
+    async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
+        let (namespace, key) = (namespace.to_owned(), key.to_owned());
+        self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
