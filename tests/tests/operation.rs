@@ -155,3 +155,27 @@ async fn token_cli_creates_a_working_restricted_token() {
         Command::new(hub_binary()).args(["token", "list", "--hub", &hub.base, "--token", &hub.admin]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("viewer"));
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_and_exits_cleanly() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
+    let (s, _) = hub
+        .post("/api/v1/ingest", &json!({"updates": [{"provider": "p", "service": "s", "resource": "r", "value": 1}]}))
+        .await
+        .unwrap();
+    assert_eq!(s, 200);
+    let sse = client().get(format!("{}/api/v1/events", hub.base)).bearer_auth(&hub.admin).send().await.unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut body = sse.bytes_stream();
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || hub.stop()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "shutdown took {:?}", started.elapsed());
+    // The stream was ended by the hub, not left hanging.
+    let end =
+        tokio::time::timeout(std::time::Duration::from_secs(5), async { while let Some(Ok(_)) = body.next().await {} })
+            .await;
+    assert!(end.is_ok(), "the SSE stream did not end");
+}

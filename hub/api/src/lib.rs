@@ -64,6 +64,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: ApiLimits,
+    /// Cancelled when the hub shuts down: open streams end so that connections can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The complete router, ready to serve.

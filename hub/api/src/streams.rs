@@ -135,6 +135,7 @@ pub async fn sse(
     gate(&state, &caller, &filter)?;
     let sub = state.twin.bus().subscribe();
     let guard = OpenStream::new(state.metrics.clone());
+    let shutdown = state.shutdown.clone().cancelled_owned();
     let events =
         stream::unfold((sub, state, caller, filter, guard), |(mut sub, state, caller, filter, guard)| async move {
             let batch: Vec<SseEvent> = match sub.recv().await {
@@ -152,7 +153,8 @@ pub async fn sse(
             };
             Some((stream::iter(batch.into_iter().map(Ok)), (sub, state, caller, filter, guard)))
         })
-        .flatten();
+        .flatten()
+        .take_until(shutdown);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -186,8 +188,13 @@ async fn serve_ws(mut socket: WebSocket, state: AppState, caller: Caller) {
     let _guard = OpenStream::new(state.metrics.clone());
     let mut sub: Subscription = state.twin.bus().subscribe();
     let mut subscriptions: HashMap<String, Filter> = HashMap::new();
+    let shutdown = state.shutdown.clone();
     loop {
         tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
             incoming = socket.recv() => {
                 let reply = match incoming {
                     Some(Ok(Message::Text(text))) => handle_client(&text, &mut subscriptions),

@@ -46,6 +46,7 @@ impl Hub {
             tokens: Arc::new(TokenRegistry::new()),
             metrics: Arc::new(Metrics::new()),
             limits: ApiLimits { max_body_bytes: 64 * 1024, ..ApiLimits::default() },
+            shutdown: Default::default(),
         };
         let mut hub = Hub { router: hub_api::router(state.clone()), state, admin: String::new(), _dir: dir };
         hub.admin = hub.token("admin", &["admin"]);

@@ -205,6 +205,7 @@ async fn serve(config: Config) -> Result<()> {
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
     bootstrap_admin(&store, &tokens, data_dir).await?;
 
+    let cancel = CancellationToken::new();
     let state = AppState {
         twin: twin.clone(),
         policy,
@@ -215,8 +216,8 @@ async fn serve(config: Config) -> Result<()> {
             max_batch: config.http.max_batch,
             request_timeout: config.http.request_timeout,
         },
+        shutdown: cancel.clone(),
     };
-    let cancel = CancellationToken::new();
     let retention = tokio::spawn(retention_loop(
         twin.clone(),
         retention_policies(&config),
@@ -228,14 +229,26 @@ async fn serve(config: Config) -> Result<()> {
     tracing::info!(listen = %config.http.listen, data_dir = %data_dir.display(), providers, resources, "hub serving");
     let app = hub_api::router(state);
     let server_cancel = cancel.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            server_cancel.cancel();
-        })
-        .await
-        .context("HTTP server failed")?;
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(server_cancel.cancelled_owned()).await
+    });
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = &mut server => {
+            return Err(anyhow::anyhow!("the HTTP server stopped unexpectedly: {result:?}"));
+        }
+    }
+    tracing::info!("shutting down: ending streams, draining requests, flushing storage");
+    cancel.cancel();
+    match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("HTTP server error during shutdown: {e}"),
+        Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+        Err(_) => {
+            tracing::warn!("requests still open after {SHUTDOWN_DEADLINE:?}; closing them");
+            server.abort();
+        }
+    }
     cancel.cancel();
     let finish = async {
         let _ = retention.await;
