@@ -203,3 +203,33 @@ impl Drop for HubProcess {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("building an HTTP client")
 }
+
+/// Builds the plugin in `plugins/<dir>` (cargo package `package`) for `wasm32-unknown-unknown` (release) and returns its manifest,
+/// with the module's real SHA-256 filled in, and the module path.
+pub fn build_plugin(dir: &str, package: &str) -> Result<(String, PathBuf)> {
+    use sha2::Digest;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo.join("target")).join("wasm");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown", "-p", package, "--manifest-path"])
+        .arg(repo.join("plugins/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .status()
+        .context("running cargo build for a plugin")?;
+    if !status.success() {
+        bail!("building plugin {package} failed; is the target installed? `rustup target add wasm32-unknown-unknown`");
+    }
+    let wasm = target_dir.join("wasm32-unknown-unknown/release").join(format!("{}.wasm", package.replace('-', "_")));
+    let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    let dir = repo.join("plugins").join(dir);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).context("reading the plugin manifest")?;
+    let manifest = manifest
+        .lines()
+        .map(|l| if l.starts_with("sha256") { format!("sha256 = \"{sha}\"") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((manifest, wasm))
+}

@@ -11,6 +11,7 @@ mod error;
 mod ingest;
 mod metrics;
 mod openapi;
+mod plugins;
 mod providers;
 mod streams;
 mod system;
@@ -22,7 +23,7 @@ use axum::{
     extract::{DefaultBodyLimit, Request, State},
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use hub_policy::{PolicyEngine, TokenRegistry};
 use hub_twin::Twin;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: ApiLimits,
+    /// The WASM plugin runtime.
+    pub plugins: hub_runtime::PluginHost,
     /// Cancelled when the hub shuts down: open streams end so that connections can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -86,6 +89,11 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{id}", axum::routing::delete(system::delete_token))
         .route("/policy", get(system::get_policy).put(system::put_policy))
         .route("/policy/check", post(system::check_policy))
+        .route("/plugins", get(plugins::list).post(plugins::install))
+        .route("/plugins/{id}", get(plugins::get_one).put(plugins::upgrade).delete(plugins::remove))
+        .route("/plugins/{id}/config", put(plugins::set_config))
+        .route("/plugins/{id}/start", post(plugins::start))
+        .route("/plugins/{id}/stop", post(plugins::stop))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))

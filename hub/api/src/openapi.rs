@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{ingest, providers, streams, system};
+use crate::{ingest, plugins, providers, streams, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,9 +15,11 @@ use crate::{ingest, providers, streams, system};
         system::create_token, system::list_tokens, system::delete_token,
         system::get_policy, system::put_policy, system::check_policy,
         system::healthz, system::metrics, system::openapi_json,
+        plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config,
+        plugins::start, plugins::stop, plugins::remove,
     ),
     components(schemas(providers::SetBody, providers::ActBody, ingest::IngestBody, ingest::IngestUpdate,
-                        system::TokenRequest, system::CheckRequest)),
+                        system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody)),
     modifiers(&Bearer),
     security(("bearer" = []))
 )]

@@ -40,9 +40,17 @@ impl Hub {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("hub.db")).unwrap());
         let twin = Arc::new(Twin::open(store, Bus::new(1024)).await.unwrap());
+        let policy = Arc::new(PolicyEngine::new(policy).unwrap());
+        let plugins = hub_runtime::PluginHost::new(
+            hub_runtime::HostConfig::new(dir.path(), "0.1.0".parse().unwrap()),
+            twin.clone(),
+            policy.clone(),
+            Arc::new(hub_runtime::Transports::new()),
+        );
         let state = AppState {
             twin,
-            policy: Arc::new(PolicyEngine::new(policy).unwrap()),
+            policy,
+            plugins,
             tokens: Arc::new(TokenRegistry::new()),
             metrics: Arc::new(Metrics::new()),
             limits: ApiLimits { max_body_bytes: 64 * 1024, ..ApiLimits::default() },

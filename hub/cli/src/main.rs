@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the WASM plugins of a running hub.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file.
@@ -93,6 +98,39 @@ enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Install a plugin: its manifest, its module, and the capabilities you grant it.
+    Install {
+        /// The plugin.toml.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The .wasm module.
+        #[arg(long)]
+        wasm: PathBuf,
+        /// Grant every capability the manifest requests (review them first: `[capabilities]` in the manifest).
+        #[arg(long, conflicts_with = "grant")]
+        grant_requested: bool,
+        /// The capabilities to grant, as JSON (same shape as the manifest's [capabilities]).
+        #[arg(long)]
+        grant: Option<String>,
+        #[command(flatten)]
+        target: HubTarget,
+    },
+    /// List installed plugins with their state and counters.
+    List {
+        #[command(flatten)]
+        target: HubTarget,
+    },
+    /// Remove a plugin.
+    Remove {
+        /// The plugin id.
+        id: String,
+        #[command(flatten)]
+        target: HubTarget,
+    },
+}
+
 #[derive(clap::Args)]
 struct HubTarget {
     /// Base URL of the running hub.
@@ -118,6 +156,10 @@ fn main() -> Result<()> {
         Command::Token { command } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(token_command(command))
+        }
+        Command::Plugin { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(plugin_command(command))
         }
         Command::CheckConfig { config } => {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
@@ -205,6 +247,19 @@ async fn serve(config: Config) -> Result<()> {
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
     bootstrap_admin(&store, &tokens, data_dir).await?;
 
+    let plugins = hub_runtime::PluginHost::new(
+        hub_runtime::HostConfig::new(data_dir, semver::Version::parse(env!("CARGO_PKG_VERSION"))?),
+        twin.clone(),
+        policy.clone(),
+        Arc::new(hub_runtime::Transports::new()),
+    );
+    for (id, outcome) in plugins.load_installed().await {
+        match outcome {
+            Ok(info) => tracing::info!(plugin = %id, state = %info.state, "plugin loaded"),
+            Err(e) => tracing::error!(plugin = %id, "plugin not loaded: {e}"),
+        }
+    }
+
     let cancel = CancellationToken::new();
     let state = AppState {
         twin: twin.clone(),
@@ -216,6 +271,7 @@ async fn serve(config: Config) -> Result<()> {
             max_batch: config.http.max_batch,
             request_timeout: config.http.request_timeout,
         },
+        plugins: plugins.clone(),
         shutdown: cancel.clone(),
     };
     let retention = tokio::spawn(retention_loop(
@@ -252,6 +308,7 @@ async fn serve(config: Config) -> Result<()> {
     cancel.cancel();
     let finish = async {
         let _ = retention.await;
+        plugins.shutdown(Duration::from_secs(5)).await;
         store.close().await
     };
     match tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await {
@@ -380,6 +437,48 @@ fn admin_token(target: &HubTarget) -> Result<String> {
     let text =
         fs::read_to_string(&path).with_context(|| format!("no --token given and {} is unreadable", path.display()))?;
     Ok(text.trim().to_string())
+}
+
+async fn plugin_command(command: PluginCommand) -> Result<()> {
+    use base64::Engine as _;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let (request, target) = match &command {
+        PluginCommand::Install { manifest, wasm, grant_requested, grant, target } => {
+            let manifest_text =
+                fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+            let module = fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+            let parsed = hub_runtime::Manifest::parse(&manifest_text)
+                .with_context(|| format!("{} is not a valid plugin manifest", manifest.display()))?;
+            let grant: serde_json::Value = match (grant_requested, grant) {
+                (true, _) => serde_json::to_value(&parsed.capabilities)?,
+                (false, Some(json)) => serde_json::from_str(json).context("--grant is not JSON")?,
+                (false, None) => serde_json::json!({}),
+            };
+            let body = serde_json::json!({
+                "manifest": manifest_text,
+                "wasm": base64::engine::general_purpose::STANDARD.encode(module),
+                "grant": grant,
+            });
+            (client.post(format!("{}/api/v1/plugins", target.hub)).json(&body), target)
+        }
+        PluginCommand::List { target } => (client.get(format!("{}/api/v1/plugins", target.hub)), target),
+        PluginCommand::Remove { id, target } => (client.delete(format!("{}/api/v1/plugins/{id}", target.hub)), target),
+    };
+    let res = request
+        .bearer_auth(admin_token(target)?)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", target.hub))?;
+    let status = res.status();
+    let text = res.text().await?;
+    if !status.is_success() {
+        bail!("the hub answered {status}: {text}");
+    }
+    match command {
+        PluginCommand::Remove { id, .. } => eprintln!("removed {id}"),
+        _ => println!("{text}"),
+    }
+    Ok(())
 }
 
 async fn token_command(command: TokenCommand) -> Result<()> {
