@@ -13,6 +13,7 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     field: Option<String>,
+    diagnostics: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -24,11 +25,13 @@ struct Problem<'a> {
     detail: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diagnostics: Option<&'a serde_json::Value>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, title, detail: detail.into(), field: None }
+        ApiError { status, title, detail: detail.into(), field: None, diagnostics: None }
     }
 
     /// 400: the request is malformed; `field` names what is wrong.
@@ -99,6 +102,12 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error", format!("internal error (error id {id})"))
     }
 
+    /// Attaches rule diagnostics (line, column, message) to the problem document.
+    pub fn with_diagnostics(mut self, diagnostics: serde_json::Value) -> Self {
+        self.diagnostics = Some(diagnostics);
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -113,6 +122,7 @@ impl IntoResponse for ApiError {
             status: self.status.as_u16(),
             detail: &self.detail,
             field: self.field.as_deref(),
+            diagnostics: self.diagnostics.as_ref(),
         };
         let mut res = (self.status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

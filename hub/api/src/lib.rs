@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod plugins;
 mod providers;
+mod rules;
 mod streams;
 mod system;
 
@@ -65,6 +66,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: ApiLimits,
+    /// The rules host.
+    pub automation: hub_automation::Automation,
     /// The WASM plugin runtime.
     pub plugins: hub_runtime::PluginHost,
     /// Cancelled when the hub shuts down: open streams end so that connections can drain.
@@ -94,6 +97,12 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins/{id}/config", put(plugins::set_config))
         .route("/plugins/{id}/start", post(plugins::start))
         .route("/plugins/{id}/stop", post(plugins::stop))
+        .route("/rules", get(rules::list))
+        .route("/rules/validate", post(rules::validate))
+        .route("/rules/{id}", get(rules::get_one).put(rules::deploy).delete(rules::remove))
+        .route("/rules/{id}/firings", get(rules::firings))
+        .route("/rules/{id}/enable", post(rules::enable))
+        .route("/rules/{id}/disable", post(rules::disable))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))

@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{ingest, plugins, providers, streams, system};
+use crate::{ingest, plugins, providers, rules, streams, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,8 @@ use crate::{ingest, plugins, providers, streams, system};
         system::healthz, system::metrics, system::openapi_json,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config,
         plugins::start, plugins::stop, plugins::remove,
+        rules::validate, rules::list, rules::deploy, rules::get_one, rules::firings, rules::enable, rules::disable,
+        rules::remove,
     ),
     components(schemas(providers::SetBody, providers::ActBody, ingest::IngestBody, ingest::IngestUpdate,
                         system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody)),

@@ -100,6 +100,11 @@ fn visible_messages(state: &AppState, caller: &Caller, filter: &Filter, event: &
             let kind = if matches!(event.change, Change::ProviderDeleted(_)) { "deleted" } else { "model" };
             vec![(kind, json!({ "provider": name }))]
         }
+        Change::Published { source, topic, payload }
+            if state.policy.check(&caller.0, &format!("event:{topic}"), Action::Read) =>
+        {
+            vec![("published", json!({ "source": source, "topic": topic, "payload": payload }))]
+        }
         _ => Vec::new(),
     }
 }

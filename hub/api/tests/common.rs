@@ -47,7 +47,10 @@ impl Hub {
             policy.clone(),
             Arc::new(hub_runtime::Transports::new()),
         );
+        let automation =
+            hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
         let state = AppState {
+            automation,
             twin,
             policy,
             plugins,

@@ -29,6 +29,9 @@ fn body_for(method: &str, path: &str) -> Option<(&'static str, Vec<u8>)> {
             "manifest": format!("id = \"nope\"\nversion = \"1.0.0\"\nabi = 1\nhub = \">=0.1.0\"\nkind = \"adapter\"\nsha256 = \"{}\"\n", "0".repeat(64)),
             "wasm": ""
         })),
+        ("POST", "/api/v1/rules/validate") | ("PUT", "/api/v1/rules/{id}") => {
+            Some(("text/plain", b"rule nope when noise-1/sound/level > 1 then publish \"x\" end".to_vec()))
+        }
         ("PUT", "/api/v1/plugins/{id}/config") => json(json!({"config": null})),
         ("POST", "/api/v1/policy/check") => json(json!({"subject": "a", "object": "b", "action": "read"})),
         _ => None,
@@ -81,6 +84,7 @@ async fn every_documented_route_is_served_for_an_admin() {
             || (uri.contains("/tokens/") && status == StatusCode::NOT_FOUND)
             // No plugin "nope" is installed, and the dummy upload is not a valid module.
             || (uri.contains("/plugins/nope") && status == StatusCode::NOT_FOUND)
+            || (uri.contains("/rules/nope") && status == StatusCode::NOT_FOUND)
             || (uri == "/api/v1/plugins" && m == "POST" && status.is_client_error() && status != StatusCode::NOT_FOUND);
         assert!(status.is_success() || handled_refusal, "{m} {uri}: {status} {problem}");
         if status == StatusCode::NOT_FOUND {

@@ -23,6 +23,15 @@ pub enum Change {
     ModelChanged(Name),
     /// A provider was deleted with its history.
     ProviderDeleted(Name),
+    /// An event published by a rule (or, later, an app): not a resource value, just news for subscribers.
+    Published {
+        /// Who published it (`rule:<id>`).
+        source: String,
+        /// The event's topic.
+        topic: String,
+        /// The event's payload.
+        payload: serde_json::Value,
+    },
 }
 
 /// One numbered change on the bus.

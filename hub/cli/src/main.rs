@@ -261,7 +261,9 @@ async fn serve(config: Config) -> Result<()> {
     }
 
     let cancel = CancellationToken::new();
+    let automation = hub_automation::Automation::start(twin.clone(), policy.clone(), cancel.clone()).await?;
     let state = AppState {
+        automation,
         twin: twin.clone(),
         policy,
         tokens,

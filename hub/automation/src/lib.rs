@@ -1,0 +1,410 @@
+//! Runs the hub's Event-Condition-Action rules.
+//!
+//! `hub-rules` is a pure engine; this crate hosts it. It keeps deployed rules in the store (record namespace
+//! `rules`), validates new ones against the live twin, feeds the engine every committed update from the bus
+//! (off the ingest path: a slow rule or webhook never slows ingest), ticks it for `for` durations and
+//! schedules, and executes each firing's actions as the subject `rule:<id>`, through the policy: SET and ACT
+//! through the twin, webhooks by HTTP POST with retries and backoff, events published on the bus. Every rule
+//! keeps its counters, its last error and its recent firings with the values that made it fire.
+//!
+//! Window state, `for` clocks and hysteresis start empty after a restart; current values are seeded from the
+//! twin so conditions on them are known at once.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use hub_bus::{Change, Received};
+use hub_model::{ResourcePath, Timestamp, Update};
+use hub_policy::{Action as Permission, PolicyEngine, Principal};
+use hub_rules::{Action, Diagnostic, Engine, Firing, Rule, RuleError, RuleStats, Severity};
+use hub_twin::Twin;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The store namespace of deployed rules.
+pub const RULES_NAMESPACE: &str = "rules";
+/// Firings kept per rule for `GET /rules/{id}/firings`.
+pub const FIRINGS_KEPT: usize = 100;
+/// Firings waiting for execution before the evaluator waits (back-pressure stays off the ingest path).
+const ACTION_QUEUE: usize = 1024;
+/// Webhook attempts when a rule does not say.
+const DEFAULT_RETRIES: u32 = 3;
+/// Deadline of one webhook attempt.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the engine's clock advances when nothing arrives.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Why an automation request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AutomationError {
+    /// The rule source has errors; nothing was deployed.
+    #[error("the rule has errors")]
+    Invalid(Vec<Diagnostic>),
+    /// No rule with that id.
+    #[error("rule {0} not found")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] hub_store::StoreError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRule {
+    source: String,
+    enabled: bool,
+}
+
+/// What `GET /rules/{id}` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleInfo {
+    /// The rule id (its name).
+    pub id: String,
+    /// The source as deployed.
+    pub source: String,
+    /// Engine counters: enabled, instances, evaluations, firings, last fired.
+    #[serde(flatten)]
+    pub stats: RuleStats,
+    /// Actions that failed (after retries) or were denied.
+    pub action_failures: u64,
+    /// The last action error.
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Record {
+    action_failures: u64,
+    last_error: Option<String>,
+    firings: VecDeque<Value>,
+}
+
+struct Inner {
+    engine: Mutex<Engine>,
+    records: Mutex<HashMap<String, Record>>,
+    twin: Arc<Twin>,
+    policy: Arc<PolicyEngine>,
+    http: reqwest::Client,
+}
+
+/// The running automation. Cheap to clone.
+#[derive(Clone)]
+pub struct Automation {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Automation {
+    /// Loads deployed rules from the store, seeds the engine with the twin's current values and starts the
+    /// evaluator, the clock and the executor. They stop when `cancel` is cancelled.
+    pub async fn start(
+        twin: Arc<Twin>,
+        policy: Arc<PolicyEngine>,
+        cancel: CancellationToken,
+    ) -> Result<Automation, AutomationError> {
+        let http = reqwest::Client::builder()
+            .timeout(WEBHOOK_TIMEOUT)
+            .build()
+            .map_err(|e| hub_store::StoreError::Unavailable(format!("HTTP client: {e}")))?;
+        let mut engine = Engine::new();
+        for (id, body) in twin.store().records(RULES_NAMESPACE).await? {
+            let stored: StoredRule = match serde_json::from_str(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(rule = %id, "stored rule unreadable, skipped: {e}");
+                    continue;
+                }
+            };
+            match hub_rules::parse(&stored.source).map(|mut rules| rules.pop()) {
+                Ok(Some(rule)) => {
+                    if let Err(e) = engine.deploy(rule) {
+                        tracing::error!(rule = %id, "stored rule not deployed: {e}");
+                    } else if !stored.enabled {
+                        let _ = engine.disable(&id);
+                    }
+                }
+                _ => tracing::error!(rule = %id, "stored rule no longer parses, skipped"),
+            }
+        }
+        for provider in twin.providers(|_| true) {
+            for (path, resource) in provider.resources() {
+                engine.discover(&path);
+                if let (Some(value), Some(timestamp)) = (&resource.value, resource.timestamp) {
+                    engine.seed(&Update { path, value: value.clone(), timestamp });
+                }
+            }
+        }
+        let automation = Automation {
+            inner: Arc::new(Inner {
+                engine: Mutex::new(engine),
+                records: Mutex::new(HashMap::new()),
+                twin: twin.clone(),
+                policy,
+                http,
+            }),
+        };
+        let (tx, rx) = mpsc::channel(ACTION_QUEUE);
+        tokio::spawn(automation.clone().evaluate(tx, cancel.clone()));
+        tokio::spawn(automation.clone().execute(rx, cancel));
+        Ok(automation)
+    }
+
+    /// Checks a rule source against the live model and the deployed rules (a deployed rule of the same name is
+    /// replaced, not compared with). Returns every diagnostic; errors mean it would not deploy.
+    pub fn validate(&self, source: &str) -> Vec<Diagnostic> {
+        let rules = match hub_rules::parse(source) {
+            Ok(rules) => rules,
+            Err(diagnostics) => return diagnostics,
+        };
+        let providers = self.inner.twin.providers(|_| true);
+        let engine = lock(&self.inner.engine);
+        let deployed: Vec<Rule> = engine.rules().filter(|d| !rules.iter().any(|r| r.name == d.name)).cloned().collect();
+        hub_rules::check(&rules, &providers, &deployed)
+    }
+
+    /// Validates and deploys (or replaces) the rule `id`. The source must hold exactly one rule named `id`.
+    pub async fn deploy(&self, id: &str, source: &str) -> Result<Vec<Diagnostic>, AutomationError> {
+        let mut diagnostics = self.validate(source);
+        let rules = hub_rules::parse(source).unwrap_or_default();
+        if diagnostics.iter().all(|d| d.severity != Severity::Error) {
+            match rules.as_slice() {
+                [rule] if rule.name.as_str() == id => {}
+                [rule] => diagnostics.push(Diagnostic::error(
+                    hub_rules::DiagCode::Syntax,
+                    rule.name_span,
+                    format!("the rule is named {:?} but is deployed as {id:?}; use the same name", rule.name.as_str()),
+                )),
+                _ => diagnostics.push(Diagnostic::error(
+                    hub_rules::DiagCode::Syntax,
+                    hub_rules::Span::default(),
+                    "deploy one rule per id; this source holds several (or none)",
+                )),
+            }
+        }
+        if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+            return Err(AutomationError::Invalid(diagnostics));
+        }
+        let Some(rule) = rules.into_iter().next() else { return Err(AutomationError::Invalid(diagnostics)) };
+        let body = serde_json::to_string(&StoredRule { source: source.to_string(), enabled: true })
+            .map_err(|e| hub_store::StoreError::Corrupt(e.to_string()))?;
+        self.inner.twin.store().put_record(RULES_NAMESPACE, id, &body).await?;
+        let mut engine = lock(&self.inner.engine);
+        let _ = engine.remove(id);
+        engine.deploy(rule).map_err(|e| match e {
+            RuleError::Invalid { diagnostics, .. } => AutomationError::Invalid(diagnostics),
+            other => AutomationError::Invalid(vec![Diagnostic::error(
+                hub_rules::DiagCode::Syntax,
+                hub_rules::Span::default(),
+                other.to_string(),
+            )]),
+        })?;
+        lock(&self.inner.records).insert(id.to_string(), Record::default());
+        Ok(diagnostics)
+    }
+
+    /// Removes a rule.
+    pub async fn remove(&self, id: &str) -> Result<(), AutomationError> {
+        if lock(&self.inner.engine).rule(id).is_none() {
+            return Err(AutomationError::NotFound(id.to_string()));
+        }
+        self.inner.twin.store().delete_record(RULES_NAMESPACE, id).await?;
+        let _ = lock(&self.inner.engine).remove(id);
+        lock(&self.inner.records).remove(id);
+        Ok(())
+    }
+
+    /// Enables or disables a rule (kept across restarts).
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<RuleInfo, AutomationError> {
+        let source = {
+            let mut engine = lock(&self.inner.engine);
+            let source =
+                engine.rule(id).map(|r| r.source.to_string()).ok_or_else(|| AutomationError::NotFound(id.into()))?;
+            let _ = if enabled { engine.enable(id) } else { engine.disable(id) };
+            source
+        };
+        let body = serde_json::to_string(&StoredRule { source, enabled })
+            .map_err(|e| hub_store::StoreError::Corrupt(e.to_string()))?;
+        self.inner.twin.store().put_record(RULES_NAMESPACE, id, &body).await?;
+        self.get(id).ok_or_else(|| AutomationError::NotFound(id.into()))
+    }
+
+    /// Every deployed rule.
+    pub fn list(&self) -> Vec<RuleInfo> {
+        let ids: Vec<String> = lock(&self.inner.engine).rules().map(|r| r.name.to_string()).collect();
+        ids.iter().filter_map(|id| self.get(id)).collect()
+    }
+
+    /// One rule.
+    pub fn get(&self, id: &str) -> Option<RuleInfo> {
+        let (source, stats) = {
+            let engine = lock(&self.inner.engine);
+            (engine.rule(id)?.source.to_string(), engine.stats(id)?)
+        };
+        let records = lock(&self.inner.records);
+        let record = records.get(id);
+        Some(RuleInfo {
+            id: id.to_string(),
+            source,
+            stats,
+            action_failures: record.map_or(0, |r| r.action_failures),
+            last_error: record.and_then(|r| r.last_error.clone()),
+        })
+    }
+
+    /// The rule's recent firings, newest first, each with the values that made it fire.
+    pub fn firings(&self, id: &str) -> Option<Vec<Value>> {
+        lock(&self.inner.engine).rule(id)?;
+        Some(lock(&self.inner.records).get(id).map(|r| r.firings.iter().rev().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn evaluate(self, tx: mpsc::Sender<Firing>, cancel: CancellationToken) {
+        let mut sub = self.inner.twin.bus().subscribe();
+        let mut ticker = tokio::time::interval(TICK);
+        loop {
+            let mut firings = Vec::new();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = ticker.tick() => {
+                    lock(&self.inner.engine).tick(Timestamp::now(), &mut |f| firings.push(f));
+                }
+                received = sub.recv() => match received {
+                    Received::Event(event) => {
+                        let mut engine = lock(&self.inner.engine);
+                        let now = Timestamp::now();
+                        match &event.change {
+                            Change::Updates(updates) => {
+                                for u in updates.iter() {
+                                    // Hub time, not the device's: a device clock in the future must not move
+                                    // every rule's clock.
+                                    engine.on_update_at(u, now, &mut |f| firings.push(f));
+                                }
+                            }
+                            Change::ModelChanged(name) => {
+                                if let Some(p) = self.inner.twin.provider(name.as_str()) {
+                                    for (path, _) in p.resources() {
+                                        engine.discover(&path);
+                                    }
+                                }
+                            }
+                            Change::ProviderDeleted(name) => engine.on_provider_deleted(name),
+                            Change::Published { .. } => {}
+                        }
+                    }
+                    Received::Lagged(n) => tracing::warn!(dropped = n, "the rules engine fell behind; {n} events were not evaluated"),
+                    Received::Closed => return,
+                },
+            }
+            for firing in firings {
+                self.remember(&firing);
+                if tx.send(firing).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn remember(&self, firing: &Firing) {
+        let mut records = lock(&self.inner.records);
+        let record = records.entry(firing.rule.to_string()).or_default();
+        if record.firings.len() == FIRINGS_KEPT {
+            record.firings.pop_front();
+        }
+        record.firings.push_back(serde_json::to_value(firing).unwrap_or(Value::Null));
+    }
+
+    fn failed(&self, rule: &str, error: String) {
+        tracing::warn!(rule, "rule action failed: {error}");
+        let mut records = lock(&self.inner.records);
+        let record = records.entry(rule.to_string()).or_default();
+        record.action_failures += 1;
+        record.last_error = Some(error);
+    }
+
+    async fn execute(self, mut rx: mpsc::Receiver<Firing>, cancel: CancellationToken) {
+        loop {
+            let firing = tokio::select! {
+                _ = cancel.cancelled() => return,
+                f = rx.recv() => match f { Some(f) => f, None => return },
+            };
+            let rule = firing.rule.to_string();
+            let subject = Principal::new(format!("rule:{rule}"), Vec::new());
+            for action in firing.actions {
+                if let Err(e) = self.perform(&rule, &subject, action).await {
+                    self.failed(&rule, e);
+                }
+            }
+            for skipped in firing.skipped {
+                self.failed(&rule, format!("action skipped: {skipped}"));
+            }
+        }
+    }
+
+    fn allowed(&self, subject: &Principal, path: &ResourcePath, permission: Permission) -> Result<(), String> {
+        if self.inner.policy.check(subject, &path.to_string(), permission) {
+            Ok(())
+        } else {
+            Err(format!("{} may not {permission} {path} (grant it in the policy)", subject.subject))
+        }
+    }
+
+    async fn perform(&self, rule: &str, subject: &Principal, action: Action) -> Result<(), String> {
+        match action {
+            Action::Set { path, value } => {
+                self.allowed(subject, &path, Permission::Write)?;
+                self.inner.twin.set(path, value).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Action::Act { path, params } => {
+                self.allowed(subject, &path, Permission::Act)?;
+                self.inner.twin.act(path, params).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Action::Publish { topic, payload } => {
+                let object = format!("event:{topic}");
+                if !self.inner.policy.check(subject, &object, Permission::Write) {
+                    return Err(format!("{} may not write {object} (grant it in the policy)", subject.subject));
+                }
+                self.inner.twin.bus().publish(Change::Published { source: format!("rule:{rule}"), topic, payload });
+                Ok(())
+            }
+            Action::Notify { url, body, retries } => {
+                // Webhooks are delivered in their own task: a slow endpoint delays nothing else.
+                let this = self.clone();
+                let rule = rule.to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = this.notify(&url, &body, retries.unwrap_or(DEFAULT_RETRIES)).await {
+                        this.failed(&rule, e);
+                    }
+                });
+                Ok(())
+            }
+            Action::Call { app, .. } => Err(format!("rule apps are not available yet (call {app})")),
+        }
+    }
+
+    async fn notify(&self, url: &str, body: &Value, retries: u32) -> Result<(), String> {
+        let mut delay = Duration::from_millis(200);
+        let mut last = String::new();
+        for attempt in 0..=retries {
+            match self.inner.http.post(url).json(body).send().await {
+                Ok(res) if res.status().is_success() => return Ok(()),
+                Ok(res) => last = format!("{url} answered {}", res.status()),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+            if attempt < retries {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        Err(format!("webhook failed after {} attempts: {last}", retries + 1))
+    }
+}
+
+/// The JSON of a diagnostics list, for problem documents.
+pub fn diagnostics_json(diagnostics: &[Diagnostic]) -> Value {
+    json!(diagnostics)
+}
