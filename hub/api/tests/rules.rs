@@ -146,3 +146,40 @@ async fn webhooks_reach_a_real_server_and_denied_actions_are_counted() {
     assert!(rule["last_error"].as_str().unwrap().contains("may not write"), "{rule}");
     assert_eq!(hub.get("/api/v1/providers/noise-12/services/sign/resources/display", &hub.admin).await.1["value"], "");
 }
+
+#[tokio::test]
+async fn a_provider_going_offline_fires_its_rule() {
+    let hub = Hub::with_policy("p, admin, *, *\np, rule:watch, event:*, write\n").await;
+    sign_and_sensor(&hub).await;
+    let mut events = hub.state.twin.bus().subscribe();
+    let (s, v) = put_rule(
+        &hub,
+        "watch",
+        "rule watch\n  on offline noise-12\n  then publish \"down\" with {who = \"noise-12\"}\nend\n",
+    )
+    .await;
+    if s != StatusCode::OK {
+        // The language's spelling of status triggers is documented in docs/rules.md; show what it said.
+        panic!("{v}");
+    }
+    hub.ingest(
+        &hub.admin,
+        json!([{"provider": "noise-12", "service": "admin", "resource": "status", "value": "offline"}]),
+    )
+    .await;
+    let published = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let hub_bus::Received::Event(e) = events.recv().await
+                && let hub_bus::Change::Published { topic, payload, .. } = &e.change
+            {
+                return (topic.clone(), payload.clone());
+            }
+        }
+    })
+    .await
+    .expect("no published event in time");
+    assert_eq!(published.0, "down");
+    assert_eq!(published.1["who"], "noise-12");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hub.get("/api/v1/rules/watch", &hub.admin).await.1["firings"], 1, "one status change, one firing");
+}

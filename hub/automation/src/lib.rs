@@ -282,6 +282,7 @@ impl Automation {
                                 for u in updates.iter() {
                                     // Hub time, not the device's: a device clock in the future must not move
                                     // every rule's clock.
+                                    // An update of admin/status is also the provider's online/offline event.
                                     engine.on_update_at(u, now, &mut |f| firings.push(f));
                                 }
                             }
