@@ -55,6 +55,8 @@ pub struct HubProcess {
     pub data_dir: PathBuf,
     /// The listen port.
     pub port: u16,
+    /// The embedded MQTT broker's port.
+    pub mqtt_port: u16,
 }
 
 /// How to start a hub.
@@ -105,8 +107,12 @@ impl HubProcess {
     /// Starts `hub serve` and waits until it answers `/healthz`.
     pub async fn start(launch: Launch<'_>) -> Result<HubProcess> {
         let admin = launch.admin.unwrap_or("hub_e2e-admin-token-0123456789abcdefghijklmnop").to_string();
+        // Port 1883 usually belongs to a system broker on development machines: every test hub gets its own.
+        let mqtt_port = free_port();
         let mut cmd = Command::new(hub_binary());
         cmd.arg("serve")
+            .arg("--mqtt-listen")
+            .arg(format!("127.0.0.1:{mqtt_port}"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", launch.port))
             .arg("--data-dir")
@@ -124,6 +130,7 @@ impl HubProcess {
             admin,
             data_dir: launch.data_dir.to_path_buf(),
             port: launch.port,
+            mqtt_port,
         };
         hub.wait_ready(Duration::from_secs(60)).await?;
         Ok(hub)

@@ -12,7 +12,14 @@ async fn first_start_prints_an_admin_token_once_and_writes_it_privately() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(hub_binary())
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--mqtt-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--data-dir")
         .arg(dir.path())
         .env_remove("HUB_ADMIN_TOKEN")
         .env("RUST_LOG", "warn")
@@ -67,6 +74,12 @@ fn configuration_errors_name_their_key_and_stop_the_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bus.capacity") && stderr.contains("http.max_batch"), "every issue at once: {stderr}");
+
+    std::fs::write(&config, "[mqtt.broker]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(hub_binary()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mqtt.broker.lisen"), "the MQTT section is validated too: {stderr}");
 
     std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:8089\"\n").unwrap();
     let out = Command::new(hub_binary()).args(["check-config"]).arg(&config).output().unwrap();

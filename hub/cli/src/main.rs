@@ -63,6 +63,9 @@ struct ServeArgs {
     /// Data directory (overrides storage.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Listen address of the embedded MQTT broker (overrides mqtt.broker.listen).
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -163,11 +166,23 @@ fn main() -> Result<()> {
         }
         Command::CheckConfig { config } => {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            Config::from_toml(&text)?;
+            let parsed = Config::from_toml(&text)?;
+            mqtt_config(&parsed)?.validate()?;
             println!("{}: valid", config.display());
             Ok(())
         }
     }
+}
+
+/// The `[mqtt]` section, parsed with the transport's schema; errors name their `mqtt.` key.
+fn mqtt_config(config: &Config) -> Result<hub_transport_mqtt::MqttConfig> {
+    let value = toml::Value::Table(config.mqtt.clone());
+    let parsed: hub_transport_mqtt::MqttConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        anyhow::anyhow!("invalid configuration:\n  - mqtt.{path}: {inner}")
+    })?;
+    Ok(parsed)
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config> {
@@ -185,6 +200,16 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         config.storage.data_dir = dir.clone();
     }
     config.validate()?;
+    let mut mqtt = mqtt_config(&config)?;
+    if let Some(listen) = args.mqtt_listen {
+        mqtt.broker.listen = listen;
+    }
+    mqtt.validate()?;
+    // Keep the effective MQTT settings (with the flag applied) in the config the hub runs with.
+    config.mqtt = toml::Value::try_from(&mqtt)
+        .ok()
+        .and_then(|v| v.as_table().cloned())
+        .ok_or_else(|| anyhow::anyhow!("mqtt: cannot represent the effective configuration"))?;
     Ok(config)
 }
 
@@ -247,12 +272,14 @@ async fn serve(config: Config) -> Result<()> {
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
     bootstrap_admin(&store, &tokens, data_dir).await?;
 
+    let transports = Arc::new(hub_runtime::Transports::new());
     let plugins = hub_runtime::PluginHost::new(
         hub_runtime::HostConfig::new(data_dir, semver::Version::parse(env!("CARGO_PKG_VERSION"))?),
         twin.clone(),
         policy.clone(),
-        Arc::new(hub_runtime::Transports::new()),
+        transports.clone(),
     );
+    let mqtt = start_mqtt(&mqtt_config(&config)?, &tokens, &transports, &plugins).await?;
     for (id, outcome) in plugins.load_installed().await {
         match outcome {
             Ok(info) => tracing::info!(plugin = %id, state = %info.state, "plugin loaded"),
@@ -310,6 +337,7 @@ async fn serve(config: Config) -> Result<()> {
     cancel.cancel();
     let finish = async {
         let _ = retention.await;
+        mqtt.shutdown().await;
         plugins.shutdown(Duration::from_secs(5)).await;
         store.close().await
     };
@@ -319,6 +347,77 @@ async fn serve(config: Config) -> Result<()> {
         Err(_) => bail!("shutdown exceeded {SHUTDOWN_DEADLINE:?}"),
     }
     Ok(())
+}
+
+/// Devices authenticate to the embedded broker with an API token as the password (any username).
+struct TokenDeviceAuth(Arc<TokenRegistry>);
+
+impl hub_transport_mqtt::DeviceAuth for TokenDeviceAuth {
+    fn check(&self, _username: &str, password: &str) -> Option<String> {
+        self.0.authenticate(password, Timestamp::now().as_micros()).ok().map(|p| p.subject)
+    }
+}
+
+/// The running MQTT side: the embedded broker, the bridges, and the task that hands what they receive to the
+/// plugin runtime.
+struct Mqtt {
+    broker: Option<Arc<hub_transport_mqtt::EmbeddedBroker>>,
+    bridges: Vec<Arc<hub_transport_mqtt::Bridge>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Mqtt {
+    async fn shutdown(self) {
+        for bridge in &self.bridges {
+            bridge.shutdown().await;
+        }
+        if let Some(broker) = &self.broker {
+            broker.shutdown();
+        }
+        self.pump.abort();
+    }
+}
+
+/// Most MQTT messages waiting for the plugin runtime; a full queue slows the sockets down.
+const MQTT_INBOUND_QUEUE: usize = 1024;
+
+async fn start_mqtt(
+    config: &hub_transport_mqtt::MqttConfig,
+    tokens: &Arc<TokenRegistry>,
+    transports: &Arc<hub_runtime::Transports>,
+    plugins: &hub_runtime::PluginHost,
+) -> Result<Mqtt> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<hub_plugin_sdk::abi::InboundMessage>(MQTT_INBOUND_QUEUE);
+    let mut outbound = hub_transport_mqtt::MqttOutbound::new();
+    let broker = if config.broker.enabled {
+        let broker = hub_transport_mqtt::EmbeddedBroker::start(
+            &config.broker,
+            Arc::new(TokenDeviceAuth(tokens.clone())),
+            tx.clone(),
+        )
+        .await?;
+        tracing::info!(listen = %broker.local_addr(), anonymous = broker.anonymous_allowed(), "embedded MQTT broker");
+        let broker = Arc::new(broker);
+        outbound = outbound.with_embedded(broker.clone());
+        Some(broker)
+    } else {
+        None
+    };
+    let mut bridges = Vec::new();
+    for bridge_config in &config.bridges {
+        let bridge = Arc::new(hub_transport_mqtt::Bridge::start(bridge_config, tx.clone())?);
+        outbound = outbound.with_bridge(bridge.clone());
+        bridges.push(bridge);
+    }
+    transports.register("mqtt", Arc::new(outbound));
+    let plugins = plugins.clone();
+    // Awaiting dispatch here is what carries back-pressure from slow plugins to the sockets.
+    let pump = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            plugins.dispatch(message).await;
+        }
+    });
+    Ok(Mqtt { broker, bridges, pump })
 }
 
 /// On first start (no token at all) creates an admin token, prints it once and writes it to

@@ -37,6 +37,9 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Logging.
     pub log: LogConfig,
+    /// MQTT: `[mqtt.broker]` (the embedded broker) and `[[mqtt.bridges]]` (external brokers). Its schema lives
+    /// with the transport (`hub-transport-mqtt`); the binary validates it before start, naming `mqtt.` keys.
+    pub mqtt: toml::Table,
 }
 
 /// `[http]`
