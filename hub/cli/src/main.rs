@@ -575,6 +575,16 @@ async fn plugin_command(command: PluginCommand) -> Result<()> {
         PluginCommand::List { target } => (client.get(format!("{}/api/v1/plugins", target.hub)), target),
         PluginCommand::Remove { id, target } => (client.delete(format!("{}/api/v1/plugins/{id}", target.hub)), target),
     };
+    let text = send_as_admin(request, target).await?;
+    match command {
+        PluginCommand::Remove { id, .. } => eprintln!("removed {id}"),
+        _ => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// Sends an admin request to a running hub; returns the body of a successful answer.
+async fn send_as_admin(request: reqwest::RequestBuilder, target: &HubTarget) -> Result<String> {
     let res = request
         .bearer_auth(admin_token(target)?)
         .send()
@@ -585,11 +595,7 @@ async fn plugin_command(command: PluginCommand) -> Result<()> {
     if !status.is_success() {
         bail!("the hub answered {status}: {text}");
     }
-    match command {
-        PluginCommand::Remove { id, .. } => eprintln!("removed {id}"),
-        _ => println!("{text}"),
-    }
-    Ok(())
+    Ok(text)
 }
 
 async fn token_command(command: TokenCommand) -> Result<()> {
@@ -604,16 +610,7 @@ async fn token_command(command: TokenCommand) -> Result<()> {
         TokenCommand::List { target } => (client.get(format!("{}/api/v1/tokens", target.hub)), target),
         TokenCommand::Revoke { id, target } => (client.delete(format!("{}/api/v1/tokens/{id}", target.hub)), target),
     };
-    let res = request
-        .bearer_auth(admin_token(target)?)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the hub at {}", target.hub))?;
-    let status = res.status();
-    let text = res.text().await?;
-    if !status.is_success() {
-        bail!("the hub answered {status}: {text}");
-    }
+    let text = send_as_admin(request, target).await?;
     match command {
         TokenCommand::Create { .. } => {
             let v: serde_json::Value = serde_json::from_str(&text)?;
