@@ -120,7 +120,7 @@ impl HubProcess {
             .args(&launch.args)
             .env("HUB_ADMIN_TOKEN", &admin)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,rumqttd=off")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().context("spawning hub")?;
@@ -212,8 +212,9 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Builds the plugin in `plugins/<dir>` (cargo package `package`) for `wasm32-unknown-unknown` (release) and returns its manifest,
-/// with the module's real SHA-256 filled in, and the module path.
-pub fn build_plugin(dir: &str, package: &str) -> Result<(String, PathBuf)> {
+/// with the module's real SHA-256 filled in, and the module's bytes (read once, so the checksum always
+/// describes the bytes returned).
+pub fn build_plugin(dir: &str, package: &str) -> Result<(String, Vec<u8>)> {
     use sha2::Digest;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -238,5 +239,5 @@ pub fn build_plugin(dir: &str, package: &str) -> Result<(String, PathBuf)> {
         .map(|l| if l.starts_with("sha256") { format!("sha256 = \"{sha}\"") } else { l.to_string() })
         .collect::<Vec<_>>()
         .join("\n");
-    Ok((manifest, wasm))
+    Ok((manifest, bytes))
 }

@@ -33,7 +33,7 @@ async fn a_device_reading_flows_from_mosquitto_pub_through_a_plugin_to_a_stream(
         .unwrap();
     assert_eq!(res.status(), 204);
     let grant = json!({"providers": ["tmpl-*"], "mqtt": {"subscribe": ["city/+/+"], "publish": ["city/+/cmd"]}});
-    let wasm = base64::engine::general_purpose::STANDARD.encode(std::fs::read(wasm).unwrap());
+    let wasm = base64::engine::general_purpose::STANDARD.encode(&wasm);
     let (s, v) =
         hub.post("/api/v1/plugins", &json!({"manifest": manifest, "wasm": wasm, "grant": grant})).await.unwrap();
     assert_eq!(s, 201, "{v}");

@@ -24,6 +24,9 @@ async fn a_plugin_is_installed_listed_reloaded_and_removed_with_the_cli() {
     let work = tempfile::tempdir().unwrap();
     let manifest_path = work.path().join("plugin.toml");
     std::fs::write(&manifest_path, &manifest).unwrap();
+    let wasm_path = work.path().join("plugin.wasm");
+    std::fs::write(&wasm_path, &wasm).unwrap();
+    let wasm = wasm_path;
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let hub = HubProcess::start(Launch { port, ..Launch::new(data.path()) }).await.unwrap();

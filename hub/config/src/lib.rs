@@ -168,7 +168,8 @@ pub enum RetentionAction {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter (`info`, `hub=debug,tower_http=info`). `RUST_LOG` overrides it. Default `info`.
+    /// A `tracing` filter (`info`, `hub=debug,tower_http=info`). `RUST_LOG` overrides it. Default
+    /// `info,rumqttd=off`: the embedded broker's library reports every ordinary client disconnect as an error.
     pub filter: String,
     /// `text` (default) or `json`.
     pub format: LogFormat,
@@ -176,7 +177,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { filter: "info".into(), format: LogFormat::Text }
+        LogConfig { filter: "info,rumqttd=off".into(), format: LogFormat::Text }
     }
 }
 
