@@ -452,18 +452,7 @@ impl Engine {
         let name = rule.name.clone();
         let stats = RuleStats { enabled: true, ..RuleStats::default() };
         let entry = Entry { rule, c, enabled: true, stats, instances: HashMap::new() };
-        let idx = match self.free_rules.pop() {
-            Some(i) => {
-                if let Some(slot) = self.rules.get_mut(i as usize) {
-                    *slot = Some(entry);
-                }
-                i
-            }
-            None => {
-                self.rules.push(Some(entry));
-                (self.rules.len() - 1) as u32
-            }
-        };
+        let idx = occupy(&mut self.rules, &mut self.free_rules, entry);
         self.by_name.insert(name, idx);
         let (has_vars, status, binders) = match self.entry(idx) {
             Some(e) => (!e.c.vars.is_empty(), matches!(e.c.kind, Kind::Status { .. }), !e.c.binders.is_empty()),
@@ -764,18 +753,7 @@ impl Engine {
         let patterns = entry.c.reads.clone();
         let vars = entry.c.vars.clone();
         self.next_generation += 1;
-        let id = match self.free_instances.pop() {
-            Some(id) => {
-                if let Some(slot) = self.instances.get_mut(id as usize) {
-                    *slot = Some(instance);
-                }
-                id
-            }
-            None => {
-                self.instances.push(Some(instance));
-                (self.instances.len() - 1) as u32
-            }
-        };
+        let id = occupy(&mut self.instances, &mut self.free_instances, instance);
         if let Some(entry) = self.rules.get_mut(idx as usize).and_then(Option::as_mut) {
             entry.instances.insert(bindings.clone(), id);
         }
@@ -958,6 +936,18 @@ impl Engine {
             run.run_event(entry, inst, t, CauseRef::Status(provider, online));
         }
     }
+}
+
+/// Puts `value` in a free slot of `slots` (reusing one from `free` when there is one) and returns its index.
+fn occupy<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u32 {
+    if let Some(i) = free.pop()
+        && let Some(slot) = slots.get_mut(i as usize)
+    {
+        *slot = Some(value);
+        return i;
+    }
+    slots.push(Some(value));
+    (slots.len() - 1) as u32
 }
 
 #[cfg(test)]

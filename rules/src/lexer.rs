@@ -230,6 +230,18 @@ impl Lexer<'_> {
         Token { kind, span: Span { start, end: self.pos() } }
     }
 
+    /// Skips the rest of a malformed duration and reports it whole.
+    fn not_a_duration(&mut self, start: Pos) -> Token {
+        while self.peek().is_some_and(is_name_byte) {
+            self.bump();
+        }
+        let whole = self.text(start.offset).to_string();
+        self.error(
+            format!("`{whole}` is not a duration; use whole numbers with ms, s, m, h, d or w, e.g. `5m` or `1h30m`"),
+            start,
+        )
+    }
+
     fn error(&self, message: impl Into<String>, start: Pos) -> Token {
         self.token(TokKind::Error(message.into()), start)
     }
@@ -435,16 +447,7 @@ impl Lexer<'_> {
                 .max_by_key(|(u, _)| u.len())
                 .copied()
             else {
-                while self.peek().is_some_and(is_name_byte) {
-                    self.bump();
-                }
-                let whole = self.text(start.offset).to_string();
-                return self.error(
-                    format!(
-                        "`{whole}` is not a duration; use whole numbers with ms, s, m, h, d or w, e.g. `5m` or `1h30m`"
-                    ),
-                    start,
-                );
+                return self.not_a_duration(start);
             };
             self.bump_n(unit.len());
             let Some(add) = amount.and_then(|a| a.checked_mul(micros)).and_then(|a| total.checked_add(a)) else {
@@ -462,16 +465,7 @@ impl Lexer<'_> {
             amount = self.text(from).parse::<i64>().ok();
         }
         if self.peek().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            while self.peek().is_some_and(is_name_byte) {
-                self.bump();
-            }
-            let whole = self.text(start.offset).to_string();
-            return self.error(
-                format!(
-                    "`{whole}` is not a duration; use whole numbers with ms, s, m, h, d or w, e.g. `5m` or `1h30m`"
-                ),
-                start,
-            );
+            return self.not_a_duration(start);
         }
         self.token(TokKind::Duration(total), start)
     }

@@ -174,6 +174,18 @@ impl HubProcess {
         Ok((status, res.json().await.unwrap_or(Value::Null)))
     }
 
+    /// Replaces the policy (CSV text) as admin; returns the status.
+    pub async fn put_policy(&self, text: &str) -> Result<u16> {
+        let res = client()
+            .put(format!("{}/api/v1/policy", self.base))
+            .bearer_auth(&self.admin)
+            .header("content-type", "text/csv")
+            .body(text.to_string())
+            .send()
+            .await?;
+        Ok(res.status().as_u16())
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();

@@ -23,15 +23,7 @@ async fn a_device_reading_flows_from_mosquitto_pub_through_a_plugin_to_a_stream(
     let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
     let http = client();
     let policy = "p, admin, *, *\np, plugin:template, tmpl-*, write\n";
-    let res = http
-        .put(format!("{}/api/v1/policy", hub.base))
-        .bearer_auth(&hub.admin)
-        .header("content-type", "text/csv")
-        .body(policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     let grant = json!({"providers": ["tmpl-*"], "mqtt": {"subscribe": ["city/+/+"], "publish": ["city/+/cmd"]}});
     let wasm = base64::engine::general_purpose::STANDARD.encode(&wasm);
     let (s, v) =

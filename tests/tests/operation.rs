@@ -142,15 +142,7 @@ async fn token_cli_creates_a_working_restricted_token() {
         .text()
         .await
         .unwrap();
-    let res = http
-        .put(format!("{}/api/v1/policy", hub.base))
-        .bearer_auth(&hub.admin)
-        .header("content-type", "text/csv")
-        .body(format!("{policy}\np, noise-reader, noise-*, read\n"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(hub.put_policy(&format!("{policy}\np, noise-reader, noise-*, read\n")).await.unwrap(), 204);
     let list: serde_json::Value = http
         .get(format!("{}/api/v1/providers", hub.base))
         .bearer_auth(&token)

@@ -22,15 +22,7 @@ async fn a_deployed_rule_survives_a_restart_and_fires() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let policy = "p, admin, *, *\np, rule:quiet, park.*, write\n";
-    let res = http
-        .put(format!("{}/api/v1/policy", hub.base))
-        .bearer_auth(&hub.admin)
-        .header("content-type", "text/csv")
-        .body(policy)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     let rule = "rule quiet\n  when park.3/sound/level > 70\n  then set park.3/sign/display = \"quiet please\"\nend\n";
     let res = http
         .put(format!("{}/api/v1/rules/quiet", hub.base))

@@ -151,23 +151,27 @@ pub async fn set_config(
 /// Start (or restart after quarantine) a plugin.
 #[utoipa::path(post, path = "/api/v1/plugins/{id}/start", tag = "plugins", params(("id" = String, Path)),
     responses((status = 200, description = "the plugin"), (status = 401), (status = 403), (status = 404)))]
-pub async fn start(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    plugin_id(&id)?;
-    authorize(&state, &caller, &objects::plugin(&id), Action::Admin)?;
-    Ok(Json(state.plugins.start(&id).await?).into_response())
+pub async fn start(state: State<AppState>, caller: Caller, id: Path<String>) -> Result<Response, ApiError> {
+    run_state(state, caller, id, true).await
 }
 
 /// Stop a plugin; its messages are no longer delivered.
 #[utoipa::path(post, path = "/api/v1/plugins/{id}/stop", tag = "plugins", params(("id" = String, Path)),
     responses((status = 200, description = "the plugin"), (status = 401), (status = 403), (status = 404)))]
-pub async fn stop(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn stop(state: State<AppState>, caller: Caller, id: Path<String>) -> Result<Response, ApiError> {
+    run_state(state, caller, id, false).await
+}
+
+async fn run_state(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    running: bool,
+) -> Result<Response, ApiError> {
     plugin_id(&id)?;
     authorize(&state, &caller, &objects::plugin(&id), Action::Admin)?;
-    Ok(Json(state.plugins.stop(&id).await?).into_response())
+    let info = if running { state.plugins.start(&id).await? } else { state.plugins.stop(&id).await? };
+    Ok(Json(info).into_response())
 }
 
 /// Remove a plugin (its files, its state and its ACT registrations).

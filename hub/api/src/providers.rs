@@ -106,20 +106,20 @@ pub async fn list(
     let service = q.get("service").map(|g| Glob::new(g));
     let resource = q.get("resource").map(|g| Glob::new(g));
     let bbox = q.get("bbox").map(|b| parse_bbox(b)).transpose()?;
-    // Visibility is decided under the twin's read locks without copying; only what is returned is copied.
+    // Visibility is decided under the twin's read locks; only what is returned is copied.
     let mut hub_has_providers = false;
     let mut any_readable = false;
-    let readable: Vec<Provider> = state
-        .twin
-        .providers(|p| {
-            hub_has_providers = true;
-            let shown = may_see(&state, &caller, p);
-            any_readable |= shown;
-            shown && provider.as_ref().is_none_or(|g| g.matches(p.name.as_str()))
-        })
-        .iter()
-        .filter_map(|p| visible(&state, &caller, p))
-        .collect();
+    let readable: Vec<Provider> = state.twin.filter_map_providers(|p| {
+        hub_has_providers = true;
+        if provider.as_ref().is_some_and(|g| !g.matches(p.name.as_str())) {
+            // Not listed, but it still counts when deciding whether the caller may read anything at all.
+            any_readable = any_readable || may_see(&state, &caller, p);
+            return None;
+        }
+        let shown = visible(&state, &caller, p);
+        any_readable |= shown.is_some();
+        shown
+    });
     if !any_readable && hub_has_providers {
         return Err(denied(&caller, "any provider", Action::Read));
     }

@@ -109,27 +109,26 @@ pub async fn firings(
 /// Enable a rule.
 #[utoipa::path(post, path = "/api/v1/rules/{id}/enable", tag = "rules", params(("id" = String, Path)),
     responses((status = 200, description = "the rule"), (status = 401), (status = 403), (status = 404)))]
-pub async fn enable(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let id = name("id", &id)?;
-    authorize(&state, &caller, &objects::rule(id.as_str()), Action::Admin)?;
-    Ok(Json(state.automation.set_enabled(id.as_str(), true).await?).into_response())
+pub async fn enable(state: State<AppState>, caller: Caller, id: Path<String>) -> Result<Response, ApiError> {
+    set_enabled(state, caller, id, true).await
 }
 
 /// Disable a rule (it stays deployed, and evaluates nothing).
 #[utoipa::path(post, path = "/api/v1/rules/{id}/disable", tag = "rules", params(("id" = String, Path)),
     responses((status = 200, description = "the rule"), (status = 401), (status = 403), (status = 404)))]
-pub async fn disable(
+pub async fn disable(state: State<AppState>, caller: Caller, id: Path<String>) -> Result<Response, ApiError> {
+    set_enabled(state, caller, id, false).await
+}
+
+async fn set_enabled(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    enabled: bool,
 ) -> Result<Response, ApiError> {
     let id = name("id", &id)?;
     authorize(&state, &caller, &objects::rule(id.as_str()), Action::Admin)?;
-    Ok(Json(state.automation.set_enabled(id.as_str(), false).await?).into_response())
+    Ok(Json(state.automation.set_enabled(id.as_str(), enabled).await?).into_response())
 }
 
 /// Remove a rule.

@@ -158,20 +158,24 @@ impl Automation {
     /// Checks a rule source against the live model and the deployed rules (a deployed rule of the same name is
     /// replaced, not compared with). Returns every diagnostic; errors mean it would not deploy.
     pub fn validate(&self, source: &str) -> Vec<Diagnostic> {
-        let rules = match hub_rules::parse(source) {
-            Ok(rules) => rules,
-            Err(diagnostics) => return diagnostics,
-        };
+        match hub_rules::parse(source) {
+            Ok(rules) => self.check(&rules),
+            Err(diagnostics) => diagnostics,
+        }
+    }
+
+    /// The model and rule-set checks for parsed rules.
+    fn check(&self, rules: &[Rule]) -> Vec<Diagnostic> {
         let providers = self.inner.twin.providers(|_| true);
         let engine = lock(&self.inner.engine);
         let deployed: Vec<Rule> = engine.rules().filter(|d| !rules.iter().any(|r| r.name == d.name)).cloned().collect();
-        hub_rules::check(&rules, &providers, &deployed)
+        hub_rules::check(rules, &providers, &deployed)
     }
 
     /// Validates and deploys (or replaces) the rule `id`. The source must hold exactly one rule named `id`.
     pub async fn deploy(&self, id: &str, source: &str) -> Result<Vec<Diagnostic>, AutomationError> {
-        let mut diagnostics = self.validate(source);
-        let rules = hub_rules::parse(source).unwrap_or_default();
+        let rules = hub_rules::parse(source).map_err(AutomationError::Invalid)?;
+        let mut diagnostics = self.check(&rules);
         if diagnostics.iter().all(|d| d.severity != Severity::Error) {
             match rules.as_slice() {
                 [rule] if rule.name.as_str() == id => {}

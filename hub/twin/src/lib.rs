@@ -302,10 +302,15 @@ impl Twin {
     /// Copies of every provider `keep` accepts, sorted by name. `keep` sees each provider under its shard's
     /// read lock: keep it cheap.
     pub fn providers(&self, mut keep: impl FnMut(&Provider) -> bool) -> Vec<Provider> {
-        let mut out: Vec<Provider> =
-            self.providers.iter().filter(|p| keep(p.value())).map(|p| p.value().clone()).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.filter_map_providers(|p| keep(p).then(|| p.clone()))
+    }
+
+    /// `f` applied to every provider under its shard's read lock; the `Some` results, in provider-name order.
+    pub fn filter_map_providers<T>(&self, mut f: impl FnMut(&Provider) -> Option<T>) -> Vec<T> {
+        let mut out: Vec<(Name, T)> =
+            self.providers.iter().filter_map(|p| f(p.value()).map(|t| (p.key().clone(), t))).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, t)| t).collect()
     }
 
     /// How many providers and resources the twin holds.
