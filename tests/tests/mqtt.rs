@@ -1,12 +1,16 @@
-//! MQTT end to end with real peers: `mosquitto_pub` publishes to the hub's embedded broker, the template adapter
-//! (a sandboxed WASM plugin) maps the reading, the twin stores it, and an SSE subscriber sees it.
+//! MQTT end to end with real peers: `mosquitto_pub` and `mosquitto_sub` talk to the hub's embedded broker, or to
+//! the system's Mosquitto that the hub bridges to; the official MQTT adapter (a sandboxed WASM plugin that
+//! `hub serve` installs by itself) maps readings into the twin and turns ACT into a command a device receives.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use base64::Engine as _;
 use futures::StreamExt;
-use hub_e2e::{HubProcess, Launch, build_plugin, client};
-use serde_json::json;
+use hub_e2e::{HubProcess, Launch, build_plugin, client, unique_schema};
+use serde_json::{Value, json};
 
 fn mosquitto_pub(port: u16, topic: &str, message: &str) {
     let status = Command::new("mosquitto_pub")
@@ -16,13 +20,255 @@ fn mosquitto_pub(port: u16, topic: &str, message: &str) {
     assert!(status.success(), "mosquitto_pub failed");
 }
 
+/// A device listening on `filter`: `mosquitto_sub -v -d` writing `topic payload` lines (and debug lines) to a
+/// file, ending after `count` messages or 30 s.
+struct Device {
+    child: Child,
+    output: tempfile::NamedTempFile,
+}
+
+impl Device {
+    /// Subscribes and returns once the broker acknowledged the subscription.
+    fn subscribe(port: u16, filter: &str, count: u32) -> Device {
+        let output = tempfile::NamedTempFile::new().expect("a temporary file");
+        // Unbuffered, so the SUBACK line is visible while it runs.
+        let child = Command::new("stdbuf")
+            .args([
+                "-o0",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-v",
+                "-d",
+                "-t",
+                filter,
+            ])
+            .args(["-C", &count.to_string(), "-W", "30"])
+            .stdout(Stdio::from(output.reopen().expect("reopening the output file")))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stdbuf (coreutils) is missing");
+        let device = Device { child, output };
+        for _ in 0..100 {
+            if device.text().contains("received SUBACK") {
+                return device;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "mosquitto_sub did not subscribe within 5 s (apt-get install mosquitto-clients if missing): {}",
+            device.text()
+        );
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(self.output.path()).unwrap_or_default()
+    }
+
+    /// The `(topic, payload)` messages received, skipping debug lines; waits for the process to end.
+    fn received(mut self) -> Vec<(String, Value)> {
+        self.child.wait().expect("waiting for mosquitto_sub");
+        self.text()
+            .lines()
+            .filter(|l| l.starts_with("hub/"))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(topic, payload)| (topic.to_owned(), serde_json::from_str(payload).unwrap_or(json!(payload))))
+            .collect()
+    }
+}
+
+/// Reads an SSE response until `needle` appears, or 15 s pass.
+async fn sse_until(response: reqwest::Response, needle: &str) -> String {
+    let mut body = response.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(needle) {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no SSE event with {needle} in time"))
+}
+
+/// Polls a resource until it exists with `value`.
+async fn wait_for_value(hub: &HubProcess, path: &str, value: &Value) -> Value {
+    for _ in 0..150 {
+        let (status, body) = hub.get(&format!("/api/v1/providers/{path}")).await.unwrap();
+        if status == 200 && body["value"] == *value {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never became {value}");
+}
+
+fn lamp_model() -> String {
+    json!({"services": {"light": {"resources": {
+        "switch": {"kind": "action", "type": "string", "parameters": {"on": "boolean"}},
+        "level": {"kind": "state", "type": "integer"}
+    }}}})
+    .to_string()
+}
+
 #[tokio::test]
-async fn a_device_reading_flows_from_mosquitto_pub_through_a_plugin_to_a_stream() {
+async fn the_official_adapter_maps_a_mosquitto_pub_reading_into_the_model_and_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
+    let (status, info) = hub.get("/api/v1/plugins/mqtt").await.unwrap();
+    assert_eq!(status, 200, "the official adapter is installed by `hub serve`: {info}");
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["granted"]["mqtt"]["subscribe"], json!(["hub/up/#", "hub/senml/+", "hub/model/+"]), "{info}");
+
+    let sse = client()
+        .get(format!("{}/api/v1/events?provider=kiosk.7", hub.base))
+        .bearer_auth(&hub.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    mosquitto_pub(
+        hub.mqtt_port,
+        "hub/up/kiosk.7/env/temperature",
+        r#"{"value": 21.5, "timestamp": "2026-11-22T08:00:00Z"}"#,
+    );
+    let seen = sse_until(sse, "\"resource\":\"temperature\"").await;
+    assert!(seen.contains("kiosk.7") && seen.contains("21.5"), "{seen}");
+
+    let body = wait_for_value(&hub, "kiosk.7/services/env/resources/temperature", &json!(21.5)).await;
+    assert_eq!(body["timestamp"], "2026-11-22T08:00:00Z", "the device's timestamp is kept: {body}");
+
+    // A plain value and a SenML pack take the same road.
+    mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/door", "\"open\"");
+    wait_for_value(&hub, "kiosk.7/services/env/resources/door", &json!("open")).await;
+    mosquitto_pub(hub.mqtt_port, "hub/senml/kiosk.7", r#"[{"bn": "kiosk.7/", "n": "env/humidity", "v": 40}]"#);
+    wait_for_value(&hub, "kiosk.7/services/env/resources/humidity", &json!(40)).await;
+
+    // Garbage is skipped and counted as a warning; the adapter keeps running and the next reading flows.
+    mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/temperature", "{not json");
+    mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/temperature", "22");
+    wait_for_value(&hub, "kiosk.7/services/env/resources/temperature", &json!(22)).await;
+    let (_, info) = hub.get("/api/v1/plugins/mqtt").await.unwrap();
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["stats"]["errors"], 0, "{info}");
+
+    // The plugin's counters are in the Prometheus exposition.
+    let metrics = client()
+        .get(format!("{}/api/v1/metrics", hub.base))
+        .bearer_auth(&hub.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("hub_plugin_updates_total{plugin=\"mqtt\"}"))
+        .unwrap_or_else(|| panic!("no plugin counter in:\n{metrics}"));
+    let updates: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(updates >= 4, "{line}");
+}
+
+#[tokio::test]
+async fn act_reaches_a_device_listening_with_mosquitto_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
+    // The device declares its action over MQTT, then listens for commands.
+    mosquitto_pub(hub.mqtt_port, "hub/model/lamp-1", &lamp_model());
+    mosquitto_pub(hub.mqtt_port, "hub/up/lamp-1/light/level", "3");
+    wait_for_value(&hub, "lamp-1/services/light/resources/level", &json!(3)).await;
+    let device = Device::subscribe(hub.mqtt_port, "hub/down/lamp-1/#", 1);
+
+    let (status, result) = hub
+        .post("/api/v1/providers/lamp-1/services/light/resources/switch/act", &json!({"params": {"on": true}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{result}");
+    let received = device.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let (topic, command) = &received[0];
+    assert_eq!(topic, "hub/down/lamp-1/light/switch");
+    assert_eq!(command["params"], json!({"on": true}), "{command}");
+    assert!(command["id"].is_string(), "{command}");
+    assert!(result.to_string().contains(command["id"].as_str().unwrap()), "{result} vs {command}");
+
+    // Ill-typed parameters never reach the device.
+    let (status, _) = hub
+        .post("/api/v1/providers/lamp-1/services/light/resources/switch/act", &json!({"params": {"on": "yes"}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 422);
+}
+
+#[tokio::test]
+async fn through_a_bridge_to_the_system_mosquitto_readings_arrive_and_commands_leave() {
+    // The machine's Mosquitto on 1883 is shared with other tests: this test's devices have unique names.
+    let name = unique_schema("dev").replace('_', "-");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[mqtt.bridges]]\nname = \"city\"\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"hub-{name}\"\n\
+             subscribe = [\"hub/up/{name}/#\", \"hub/model/{name}\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut launch = Launch::new(dir.path());
+    launch.args = vec!["--config".into(), config.display().to_string()];
+    let hub = HubProcess::start(launch).await.unwrap();
+
+    let path = format!("{name}/services/probe/resources/count");
+    // The bridge connects in the background: publish until the reading arrives.
+    let mut arrived = false;
+    for attempt in 0..50 {
+        mosquitto_pub(1883, &format!("hub/up/{name}/probe/count"), &attempt.to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, body) = hub.get(&format!("/api/v1/providers/{path}")).await.unwrap();
+        if status == 200 && body["value"].is_i64() {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "no reading came through the bridge from the system Mosquitto (is it running on 1883?)");
+
+    mosquitto_pub(1883, &format!("hub/model/{name}"), &lamp_model());
+    for _ in 0..100 {
+        let (status, _) = hub.get(&format!("/api/v1/providers/{name}/services/light/resources/switch")).await.unwrap();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let device = Device::subscribe(1883, &format!("hub/down/{name}/#"), 1);
+    let (status, result) = hub
+        .post(
+            &format!("/api/v1/providers/{name}/services/light/resources/switch/act"),
+            &json!({"params": {"on": false}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{result}");
+    let received = device.received();
+    assert_eq!(received.len(), 1, "the command goes back through the broker the device uses: {received:?}");
+    assert_eq!(received[0].0, format!("hub/down/{name}/light/switch"));
+    assert_eq!(received[0].1["params"], json!({"on": false}));
+}
+
+#[tokio::test]
+async fn an_uploaded_adapter_runs_beside_the_official_one() {
     let (manifest, wasm) = build_plugin("template", "hub-plugin-template").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
-    let http = client();
-    let policy = "p, admin, *, *\np, plugin:template, tmpl-*, write\n";
+    let policy = "p, admin, *, *\np, plugin:template, tmpl-*, write\np, plugin:mqtt, *, write\n";
     assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     let grant = json!({"providers": ["tmpl-*"], "mqtt": {"subscribe": ["city/+/+"], "publish": ["city/+/cmd"]}});
     let wasm = base64::engine::general_purpose::STANDARD.encode(&wasm);
@@ -30,28 +276,10 @@ async fn a_device_reading_flows_from_mosquitto_pub_through_a_plugin_to_a_stream(
         hub.post("/api/v1/plugins", &json!({"manifest": manifest, "wasm": wasm, "grant": grant})).await.unwrap();
     assert_eq!(s, 201, "{v}");
 
-    let sse =
-        http.get(format!("{}/api/v1/events?provider=tmpl-*", hub.base)).bearer_auth(&hub.admin).send().await.unwrap();
-    assert_eq!(sse.status(), 200);
-    let mut body = sse.bytes_stream();
-    mosquitto_pub(hub.mqtt_port, "city/kiosk.7/temperature", "21.5");
-
-    let seen = tokio::time::timeout(Duration::from_secs(15), async {
-        let mut text = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains("\"resource\":\"temperature\"") {
-                return text;
-            }
-        }
-        text
-    })
-    .await
-    .expect("no SSE update in time");
-    assert!(seen.contains("tmpl-kiosk.7") && seen.contains("21.5"), "{seen}");
-    let (s, r) = hub.get("/api/v1/providers/tmpl-kiosk.7/services/sensors/resources/temperature").await.unwrap();
-    assert_eq!(s, 200);
-    assert_eq!(r["value"], 21.5);
-    let (_, info) = hub.get("/api/v1/plugins/template").await.unwrap();
-    assert!(info.to_string().contains("messages_in"), "{info}");
+    mosquitto_pub(hub.mqtt_port, "city/kiosk.8/temperature", "19.5");
+    mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.9/env/temperature", "18.5");
+    wait_for_value(&hub, "tmpl-kiosk.8/services/sensors/resources/temperature", &json!(19.5)).await;
+    wait_for_value(&hub, "kiosk.9/services/env/resources/temperature", &json!(18.5)).await;
+    let (_, list) = hub.get("/api/v1/plugins").await.unwrap();
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 2, "{list}");
 }

@@ -95,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/plugins", get(plugins::list).post(plugins::install))
         .route("/plugins/{id}", get(plugins::get_one).put(plugins::upgrade).delete(plugins::remove))
         .route("/plugins/{id}/config", put(plugins::set_config))
+        .route("/plugins/{id}/grant", put(plugins::set_grant))
         .route("/plugins/{id}/start", post(plugins::start))
         .route("/plugins/{id}/stop", post(plugins::stop))
         .route("/rules", get(rules::list))

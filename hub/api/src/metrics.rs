@@ -1,8 +1,15 @@
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, atomic::Ordering};
 
+use hub_runtime::{PluginInfo, PluginStats};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    metrics::{
+        MetricType,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+    },
     registry::Registry,
 };
 
@@ -29,6 +36,63 @@ pub struct Metrics {
     bus_dropped: Gauge,
     updates_rejected: Gauge,
     apply_conflicts: Gauge,
+    plugins: Arc<Mutex<Vec<PluginInfo>>>,
+}
+
+/// Per-plugin counters, read from the runtime's snapshot at each scrape, labelled `plugin="<id>"`.
+#[derive(Debug)]
+struct PluginCollector(Arc<Mutex<Vec<PluginInfo>>>);
+
+type StatField = fn(&PluginStats) -> u64;
+
+const PLUGIN_COUNTERS: &[(&str, &str, StatField)] = &[
+    ("plugin_messages_in", "Inbound messages handed to the plugin", |s| s.messages_in),
+    ("plugin_messages_out", "Outbound messages the plugin sent", |s| s.messages_out),
+    ("plugin_updates", "Resource updates accepted from the plugin", |s| s.updates),
+    ("plugin_rejects", "Updates, models and messages refused (grant, policy, validation)", |s| s.rejects),
+    ("plugin_errors", "Failed calls and starts (trap, deadline, memory, garbage output)", |s| s.errors),
+    ("plugin_dropped", "Inbound messages dropped (queue full, plugin stopped)", |s| s.dropped),
+    ("plugin_restarts", "Instances created after a failure", |s| s.restarts),
+    ("plugin_calls", "Calls made into the plugin", |s| s.calls),
+];
+
+const PLUGIN_GAUGES: &[(&str, &str, StatField)] = &[
+    ("plugin_call_latency_p50_microseconds", "Median call latency over the recent window", |s| s.latency_p50_us),
+    ("plugin_call_latency_p99_microseconds", "99th-percentile call latency over the recent window", |s| {
+        s.latency_p99_us
+    }),
+];
+
+impl Collector for PluginCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let plugins = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, help, field) in PLUGIN_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for plugin in plugins.iter() {
+                let labels = [("plugin", plugin.id.as_str())];
+                ConstCounter::new(field(&plugin.stats)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, field) in PLUGIN_GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for plugin in plugins.iter() {
+                let labels = [("plugin", plugin.id.as_str())];
+                ConstGauge::new(field(&plugin.stats) as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugin_up",
+            "1 when the plugin is running, 0 when stopped, failed or quarantined",
+            None,
+            MetricType::Gauge,
+        )?;
+        for plugin in plugins.iter() {
+            let labels = [("plugin", plugin.id.as_str()), ("state", plugin.state.as_str())];
+            let up = i64::from(plugin.state == hub_runtime::PluginState::Running);
+            ConstGauge::new(up).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -52,6 +116,7 @@ impl Metrics {
             bus_dropped: Gauge::default(),
             updates_rejected: Gauge::default(),
             apply_conflicts: Gauge::default(),
+            plugins: Arc::default(),
             registry: Registry::default(),
         };
         registry.register("http_responses", "HTTP responses by status", m.responses.clone());
@@ -72,6 +137,7 @@ impl Metrics {
             "Updates persisted but not applied because of a concurrent re-declaration",
             m.apply_conflicts.clone(),
         );
+        registry.register_collector(Box::new(PluginCollector(m.plugins.clone())));
         Metrics { registry, ..m }
     }
 
@@ -79,8 +145,10 @@ impl Metrics {
         self.responses.get_or_create(&StatusLabel { status }).inc();
     }
 
-    /// Renders the OpenMetrics text exposition, refreshing the gauges read from the twin.
-    pub fn render(&self, twin: &Twin) -> String {
+    /// Renders the OpenMetrics text exposition, refreshing the gauges read from the twin and the plugin counters
+    /// from `plugins` (the runtime's `list()`).
+    pub fn render(&self, twin: &Twin, plugins: Vec<PluginInfo>) -> String {
+        *self.plugins.lock().unwrap_or_else(PoisonError::into_inner) = plugins;
         let (providers, resources) = twin.counts();
         self.providers.set(providers as i64);
         self.resources.set(resources as i64);

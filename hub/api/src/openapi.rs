@@ -15,7 +15,7 @@ use crate::{ingest, plugins, providers, rules, streams, system};
         system::create_token, system::list_tokens, system::delete_token,
         system::get_policy, system::put_policy, system::check_policy,
         system::healthz, system::metrics, system::openapi_json,
-        plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config,
+        plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
         plugins::start, plugins::stop, plugins::remove,
         rules::validate, rules::list, rules::deploy, rules::get_one, rules::firings, rules::enable, rules::disable,
         rules::remove,

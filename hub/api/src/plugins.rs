@@ -148,6 +148,23 @@ pub async fn set_config(
     Ok(Json(state.plugins.set_config(&id, body.config).await?).into_response())
 }
 
+/// Replace a plugin's grant. It must stay within what the manifest requests; the running module keeps its queue
+/// and state.
+#[utoipa::path(put, path = "/api/v1/plugins/{id}/grant", tag = "plugins", params(("id" = String, Path)), request_body = Object,
+    responses((status = 200, description = "the plugin"), (status = 400), (status = 401), (status = 403), (status = 404)))]
+pub async fn set_grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(grant): JsonBody<Capabilities>,
+) -> Result<Response, ApiError> {
+    plugin_id(&id)?;
+    authorize(&state, &caller, &objects::plugin(&id), Action::Admin)?;
+    let info = state.plugins.set_grant(&id, grant).await?;
+    tracing::info!(subject = %caller.0.subject, plugin = %id, "plugin grant replaced");
+    Ok(Json(info).into_response())
+}
+
 /// Start (or restart after quarantine) a plugin.
 #[utoipa::path(post, path = "/api/v1/plugins/{id}/start", tag = "plugins", params(("id" = String, Path)),
     responses((status = 200, description = "the plugin"), (status = 401), (status = 403), (status = 404)))]

@@ -224,7 +224,10 @@ pub async fn healthz(State(state): State<AppState>, caller: Caller) -> Result<Js
     responses((status = 200, description = "OpenMetrics text", content_type = "text/plain"), (status = 401), (status = 403)))]
 pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     authorize(&state, &caller, "system:metrics", Action::Read)?;
-    Ok(text(state.metrics.render(&state.twin), "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+    Ok(text(
+        state.metrics.render(&state.twin, state.plugins.list()),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    ))
 }
 
 /// This API's OpenAPI 3 document.

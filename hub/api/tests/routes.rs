@@ -33,6 +33,7 @@ fn body_for(method: &str, path: &str) -> Option<(&'static str, Vec<u8>)> {
             Some(("text/plain", b"rule nope when noise-1/sound/level > 1 then publish \"x\" end".to_vec()))
         }
         ("PUT", "/api/v1/plugins/{id}/config") => json(json!({"config": null})),
+        ("PUT", "/api/v1/plugins/{id}/grant") => json(json!({"providers": ["x-*"]})),
         ("POST", "/api/v1/policy/check") => json(json!({"subject": "a", "object": "b", "action": "read"})),
         _ => None,
     }

@@ -183,3 +183,65 @@ async fn a_provider_going_offline_fires_its_rule() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hub.get("/api/v1/rules/watch", &hub.admin).await.1["firings"], 1, "one status change, one firing");
 }
+
+/// An action owner that fails the first `fail` calls, then carries the action out; counts every call.
+struct Flaky {
+    fail: u32,
+    refuse: bool,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl hub_twin::ActHandler for Flaky {
+    async fn act(
+        &self,
+        _path: &hub_model::ResourcePath,
+        _params: serde_json::Map<String, Value>,
+    ) -> Result<Value, hub_twin::ActError> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.refuse {
+            Err(hub_twin::ActError::Refused("not now".into()))
+        } else if n < self.fail {
+            Err(hub_twin::ActError::Failed("the device is rebooting".into()))
+        } else {
+            Ok(json!("done"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_transiently_failing_act_is_retried_with_backoff_and_a_refusal_is_not() {
+    let hub = Hub::with_policy("p, admin, *, *\np, rule:siren, *, act\np, rule:siren, *, read\n").await;
+    let doc = json!({"services": {
+        "fall": {"resources": {"detected": {"kind": "sensor", "type": "boolean", "value": false}}},
+        "alarm": {"resources": {"siren": {"kind": "action", "type": "string", "parameters": {"seconds": "integer"}}}}
+    }});
+    for home in ["home-1", "home-2"] {
+        let (s, v) = hub.send_json(Method::PUT, &format!("/api/v1/providers/{home}"), &hub.admin, doc.clone()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let flaky = std::sync::Arc::new(Flaky { fail: 2, refuse: false, calls: Default::default() });
+    let refusing = std::sync::Arc::new(Flaky { fail: 0, refuse: true, calls: Default::default() });
+    let registry = hub.state.twin.act_registry();
+    registry.register(hub_model::Glob::new("home-1"), flaky.clone());
+    registry.register(hub_model::Glob::new("home-2"), refusing.clone());
+
+    let source = "rule siren\n  when $home/fall/detected == true\n  then act $home/alarm/siren(seconds = 30)\nend\n";
+    let (s, v) = put_rule(&hub, "siren", source).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    hub.ingest(&hub.admin, json!([{"provider": "home-1", "service": "fall", "resource": "detected", "value": true}]))
+        .await;
+    // Two failures, then success on the third attempt (after 200 ms and 400 ms): nothing counted as failed.
+    let calls = || flaky.calls.load(std::sync::atomic::Ordering::SeqCst);
+    eventually(async || calls() == 3, "the third attempt").await;
+    let (_, rule) = hub.get("/api/v1/rules/siren", &hub.admin).await;
+    assert_eq!(rule["action_failures"], 0, "{rule}");
+
+    hub.ingest(&hub.admin, json!([{"provider": "home-2", "service": "fall", "resource": "detected", "value": true}]))
+        .await;
+    eventually(async || hub.get("/api/v1/rules/siren", &hub.admin).await.1["action_failures"] == 1, "the refusal")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(refusing.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "a refusal is not retried");
+    assert_eq!(calls(), 3);
+}

@@ -20,7 +20,7 @@ use hub_bus::{Change, Received};
 use hub_model::{ResourcePath, Timestamp, Update};
 use hub_policy::{Action as Permission, PolicyEngine, Principal};
 use hub_rules::{Action, Diagnostic, Engine, Firing, Rule, RuleError, RuleStats, Severity};
-use hub_twin::Twin;
+use hub_twin::{ActError, Twin, TwinError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -32,7 +32,7 @@ pub const RULES_NAMESPACE: &str = "rules";
 pub const FIRINGS_KEPT: usize = 100;
 /// Firings waiting for execution before the evaluator waits (back-pressure stays off the ingest path).
 const ACTION_QUEUE: usize = 1024;
-/// Webhook attempts when a rule does not say.
+/// Webhook attempts when a rule does not say; also the retries of a SET or ACT that failed transiently.
 const DEFAULT_RETRIES: u32 = 3;
 /// Deadline of one webhook attempt.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -360,13 +360,23 @@ impl Automation {
 
     async fn perform(&self, rule: &str, subject: &Principal, action: Action) -> Result<(), String> {
         match action {
-            Action::Set { path, value } => {
-                self.allowed(subject, &path, Permission::Write)?;
-                self.inner.twin.set(path, value).await.map(|_| ()).map_err(|e| e.to_string())
-            }
-            Action::Act { path, params } => {
-                self.allowed(subject, &path, Permission::Act)?;
-                self.inner.twin.act(path, params).await.map(|_| ()).map_err(|e| e.to_string())
+            Action::Set { ref path, .. } | Action::Act { ref path, .. } => {
+                let permission = if matches!(action, Action::Set { .. }) { Permission::Write } else { Permission::Act };
+                self.allowed(subject, path, permission)?;
+                match self.apply(&action).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if transient(&e) => {
+                        // Retried in its own task with backoff: the next firings do not wait for this one.
+                        let (this, rule) = (self.clone(), rule.to_string());
+                        tokio::spawn(async move {
+                            if let Err(e) = this.retry(&action, e).await {
+                                this.failed(&rule, e);
+                            }
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             Action::Publish { topic, payload } => {
                 let object = format!("event:{topic}");
@@ -391,6 +401,32 @@ impl Automation {
         }
     }
 
+    /// Carries out a SET or an ACT once.
+    async fn apply(&self, action: &Action) -> Result<(), TwinError> {
+        match action {
+            Action::Set { path, value } => self.inner.twin.set(path.clone(), value.clone()).await.map(drop),
+            Action::Act { path, params } => self.inner.twin.act(path.clone(), params.clone()).await.map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Retries a SET or an ACT whose first attempt failed transiently, `DEFAULT_RETRIES` more times with a
+    /// doubling delay from 200 ms; a permanent failure ends the retries at once.
+    async fn retry(&self, action: &Action, first: TwinError) -> Result<(), String> {
+        let mut delay = Duration::from_millis(200);
+        let mut last = first;
+        for _ in 0..DEFAULT_RETRIES {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+            match self.apply(action).await {
+                Ok(()) => return Ok(()),
+                Err(e) if transient(&e) => last = e,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("failed after {} attempts: {last}", DEFAULT_RETRIES + 1))
+    }
+
     async fn notify(&self, url: &str, body: &Value, retries: u32) -> Result<(), String> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
@@ -407,6 +443,15 @@ impl Automation {
         }
         Err(format!("webhook failed after {} attempts: {last}", retries + 1))
     }
+}
+
+/// Whether a SET or ACT failure may pass: the owner timed out or failed, none is registered yet (an adapter
+/// restarting), or the store failed. A refusal, an invalid value or a missing resource will not pass by waiting.
+fn transient(error: &TwinError) -> bool {
+    matches!(
+        error,
+        TwinError::Act(ActError::Timeout | ActError::Failed(_)) | TwinError::NoOwner(_) | TwinError::Storage(_)
+    )
 }
 
 /// The JSON of a diagnostics list, for problem documents.

@@ -178,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
             let parsed = Config::from_toml(&text)?;
             mqtt_config(&parsed)?.validate()?;
+            official_adapters(&parsed)?;
             println!("{}: valid", config.display());
             Ok(())
         }
@@ -296,6 +297,7 @@ async fn serve(config: Config) -> Result<()> {
             Err(e) => tracing::error!(plugin = %id, "plugin not loaded: {e}"),
         }
     }
+    install_official(&plugins, official_adapters(&config)?).await;
 
     let cancel = CancellationToken::new();
     let automation = hub_automation::Automation::start(twin.clone(), policy.clone(), cancel.clone()).await?;
@@ -357,6 +359,43 @@ async fn serve(config: Config) -> Result<()> {
         Err(_) => bail!("shutdown exceeded {SHUTDOWN_DEADLINE:?}"),
     }
     Ok(())
+}
+
+/// The official adapters `plugins.official` names; an unknown name is a configuration error.
+fn official_adapters(config: &Config) -> Result<Vec<&'static hub_adapters::Official>> {
+    config
+        .plugins
+        .official
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            hub_adapters::Official::get(id).ok_or_else(|| {
+                let known = hub_adapters::Official::ids().collect::<Vec<_>>().join(", ");
+                anyhow::anyhow!(
+                    "invalid configuration:\n  - plugins.official[{i}]: no official adapter {id:?} (known: {known})"
+                )
+            })
+        })
+        .collect()
+}
+
+/// Installs each official adapter that is missing (with its default grant), and upgrades each whose installed
+/// module differs from the built-in one (keeping its grant, configuration and state). A failure is logged and
+/// leaves the hub running: the other plugins and the API do not depend on it.
+async fn install_official(plugins: &hub_runtime::PluginHost, adapters: Vec<&'static hub_adapters::Official>) {
+    for adapter in adapters {
+        let outcome = match plugins.get(adapter.id) {
+            None => plugins.install(adapter.manifest, adapter.wasm.to_vec(), adapter.default_grant(), None).await,
+            Some(info) if info.sha256 != adapter.sha256 => {
+                plugins.upgrade(adapter.id, adapter.manifest, adapter.wasm.to_vec(), None).await
+            }
+            Some(_) => continue,
+        };
+        match outcome {
+            Ok(info) => tracing::info!(plugin = adapter.id, version = %info.version, "official adapter installed"),
+            Err(e) => tracing::error!(plugin = adapter.id, "official adapter not installed: {e}"),
+        }
+    }
 }
 
 /// Devices authenticate to the embedded broker with an API token as the password (any username).

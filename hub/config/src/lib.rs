@@ -40,6 +40,24 @@ pub struct Config {
     /// MQTT: `[mqtt.broker]` (the embedded broker) and `[[mqtt.bridges]]` (external brokers). Its schema lives
     /// with the transport (`hub-transport-mqtt`); the binary validates it before start, naming `mqtt.` keys.
     pub mqtt: toml::Table,
+    /// Plugins.
+    pub plugins: PluginsConfig,
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// The official adapters (built into the binary) to install at start when missing, and to upgrade when the
+    /// installed module differs from the built-in one. Default `["mqtt"]`. An adapter dropped from the list is
+    /// left as it is (stop or remove it through the API). The binary checks the names.
+    pub official: Vec<String>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig { official: vec!["mqtt".into()] }
+    }
 }
 
 /// `[http]`

@@ -50,6 +50,46 @@ impl Glob {
         }
         p[pi..].iter().all(|&c| c == b'*')
     }
+
+    /// Whether every text `other` matches is also matched by `self` (for grants: a granted pattern must stay
+    /// within a requested one). Conservative: a wildcard of `other` is covered only by a `*` of `self`, so a
+    /// `false` may be returned for exotic pairs that are in fact covered, never a `true` that is not.
+    pub fn covers(&self, other: &Glob) -> bool {
+        // dp[i][j]: p[i..] covers t[j..]; filled from the ends, O(len(p) * len(t)).
+        fn go(p: &[u8], t: &[u8]) -> bool {
+            let (n, m) = (p.len(), t.len());
+            let mut dp = vec![vec![false; m + 1]; n + 1];
+            dp[n][m] = true;
+            for i in (0..n).rev() {
+                for j in (0..=m).rev() {
+                    dp[i][j] = match (p[i], t.get(j)) {
+                        (b'*', _) => dp[i + 1][j] || (j < m && dp[i][j + 1]),
+                        (_, None) => false,
+                        (b'?', Some(&c)) => c != b'*' && dp[i + 1][j + 1],
+                        (a, Some(&b)) => a == b && b != b'*' && b != b'?' && dp[i + 1][j + 1],
+                    };
+                }
+            }
+            dp[0][0]
+        }
+        // Runs of `*` are one `*`; this keeps the search small.
+        fn squeeze(s: &str) -> Vec<u8> {
+            let mut out: Vec<u8> = Vec::with_capacity(s.len());
+            for &c in s.as_bytes() {
+                if !(c == b'*' && out.last() == Some(&b'*')) {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        go(&squeeze(&self.pattern), &squeeze(&other.pattern))
+    }
+
+    /// How many literal characters the pattern has: of two patterns matching the same text, the one with more
+    /// is the more specific.
+    pub fn specificity(&self) -> usize {
+        self.pattern.bytes().filter(|&c| c != b'*' && c != b'?').count()
+    }
 }
 
 impl fmt::Debug for Glob {
@@ -83,5 +123,31 @@ mod tests {
         for (pattern, text, want) in table {
             assert_eq!(Glob::new(pattern).matches(text), *want, "{pattern} vs {text}");
         }
+    }
+
+    #[test]
+    fn covers_table() {
+        let table: &[(&str, &str, bool)] = &[
+            ("*", "*", true),
+            ("*", "lora-*", true),
+            ("*", "anything", true),
+            ("lora-*", "lora-*", true),
+            ("lora-*", "lora-0a*", true),
+            ("lora-*", "lora-0a", true),
+            ("lora-*", "*", false),
+            ("lora-*", "lor*", false),
+            ("lora-*", "lora?", false),
+            ("a?c", "a*c", false),
+            ("a?c", "a?c", true),
+            ("a*c", "a?c", true),
+            ("site.a", "site.a", true),
+            ("site.a", "site.b", false),
+            ("*/*/temp", "p/s/temp", true),
+            ("*/temp", "*/*/temp", true),
+        ];
+        for (outer, inner, want) in table {
+            assert_eq!(Glob::new(outer).covers(&Glob::new(inner)), *want, "{outer} covers {inner}");
+        }
+        assert!(Glob::new("lora-*").specificity() > Glob::new("*").specificity());
     }
 }

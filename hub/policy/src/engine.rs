@@ -64,6 +64,9 @@ pub const DEFAULT_POLICY: &str = "\
 # g, alice, operators
 
 p, admin, *, *
+# The official MQTT adapter (installed by `hub serve`, see `plugins.official`) writes the providers its devices
+# publish for; narrow this line, or its grant, to confine it.
+p, plugin:mqtt, *, write
 ";
 
 /// How many decisions a snapshot caches before it starts over.

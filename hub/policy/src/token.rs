@@ -37,6 +37,21 @@ pub struct TokenInfo {
     pub expires_micros: Option<i64>,
 }
 
+/// Subjects the hub's own actors use (`plugin:<id>`, `rule:<id>`); no token may carry them, so a policy line for a
+/// plugin or a rule can never be borrowed by a person or a device.
+pub const RESERVED_SUBJECT_PREFIXES: [&str; 2] = ["plugin:", "rule:"];
+
+fn reserved(field: &'static str, value: &str) -> Result<(), PolicyError> {
+    if RESERVED_SUBJECT_PREFIXES.iter().any(|p| value.starts_with(p)) {
+        return Err(PolicyError::InvalidName {
+            field,
+            value: truncate_for_message(value),
+            reason: "`plugin:` and `rule:` name the hub's plugins and rules; tokens may not use them",
+        });
+    }
+    Ok(())
+}
+
 impl TokenInfo {
     /// Checks the record: a 64-digit lowercase hex hash, a valid subject, at most 32 valid roles, and a
     /// description of at most 1024 characters.
@@ -49,6 +64,7 @@ impl TokenInfo {
             });
         }
         validate_name("subject", &self.subject)?;
+        reserved("subject", &self.subject)?;
         if self.roles.len() > MAX_ROLES {
             return Err(PolicyError::InvalidName {
                 field: "roles",
@@ -58,6 +74,7 @@ impl TokenInfo {
         }
         for role in &self.roles {
             validate_name("role", role)?;
+            reserved("role", role)?;
         }
         if let Some(description) = &self.description
             && description.chars().count() > MAX_DESCRIPTION_CHARS
@@ -217,6 +234,15 @@ mod tests {
         assert_eq!(hash.len(), 64);
         let (other, _) = TokenRegistry::generate().unwrap();
         assert_ne!(secret, other);
+    }
+
+    #[test]
+    fn tokens_cannot_borrow_plugin_or_rule_subjects() {
+        let registry = TokenRegistry::new();
+        let (_, hash) = TokenRegistry::generate().unwrap();
+        assert!(registry.insert(info(&hash, "plugin:mqtt", &[], None)).is_err());
+        assert!(registry.insert(info(&hash, "ops", &["rule:x"], None)).is_err());
+        assert!(registry.insert(info(&hash, "ops", &["plugins"], None)).is_ok());
     }
 
     #[test]

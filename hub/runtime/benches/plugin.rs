@@ -62,27 +62,35 @@ fn main() -> anyhow::Result<()> {
             hub.close().await;
         }
 
+        // Long enough runs that the neighbour's 200 ms deadline is hit many times during the measurement.
+        let n = 200_000;
         let hub = hub(256).await?;
-        let (alone, _, _) = run(&hub, 20_000, 0).await;
+        let (alone, _, _) = run(&hub, n, 0).await;
         let looper = wasm("loop");
         let caps = "[capabilities.mqtt]\nsubscribe = [\"bad/#\"]\n[limits]\ntimeout_ms = 200\n";
         hub.host.install(&manifest("looper", "0.1.0", &looper, caps), looper, grant("[mqtt]\nsubscribe = [\"bad/#\"]"), None).await?;
         let host = hub.host.clone();
         let feeder = tokio::spawn(async move {
-            // Keep the neighbour busy: a new batch whenever it is not quarantined.
-            for i in 0..200 {
-                let _ = host.deliver("looper", msg("bad/x", i)).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            // Keep the neighbour busy: a message every 10 ms, so a batch waits whenever it is back from a restart.
+            for i in 0.. {
+                host.deliver("looper", msg("bad/x", i)).await.expect("the neighbour stays accepting (not quarantined)");
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
-        let (with_looper, _, _) = run(&hub, 20_000, 20_000).await;
-        feeder.abort();
+        // Measure only once the neighbour is failing.
+        wait_for("the neighbour's first failure", Duration::from_secs(30), || {
+            hub.host.get("looper").is_some_and(|p| p.stats.errors > 0)
+        })
+        .await;
+        let errors_before = hub.host.get("looper").expect("looper").stats.errors;
+        let (with_looper, _, _) = run(&hub, n, n).await;
         let looper_stats = hub.host.get("looper").expect("looper");
+        feeder.abort();
         println!(
-            "healthy rate alone {alone:.0} msg/s; next to a looping neighbour {with_looper:.0} msg/s ({:+.1} %); neighbour {} after {} failed calls",
+            "healthy rate alone {alone:.0} msg/s; next to a looping neighbour {with_looper:.0} msg/s ({:+.1} %); the neighbour failed {} calls (deadline) during the run and is {}",
             (with_looper / alone - 1.0) * 100.0,
+            looper_stats.stats.errors - errors_before,
             looper_stats.state,
-            looper_stats.stats.errors
         );
         hub.close().await;
         Ok(())

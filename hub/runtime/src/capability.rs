@@ -112,30 +112,34 @@ impl Capabilities {
         issues
     }
 
-    /// Checks that every entry of `self` (a grant) was requested in `requested` (the manifest); returns
-    /// `(key, message)` for each entry that was not.
+    /// Checks that every entry of `self` (a grant) stays within what `requested` (the manifest) asked for;
+    /// returns `(key, message)` for each entry that does not. A granted entry may be narrower than a requested
+    /// one: `lora-0a*` within `lora-*`, `sensors/+/env` within `#`.
     pub fn check_subset_of(&self, requested: &Capabilities) -> Vec<(String, String)> {
-        fn check<T: PartialEq + std::fmt::Debug>(
+        fn check<T: std::fmt::Debug>(
             key: &str,
             granted: &[T],
             requested: &[T],
+            within: impl Fn(&T, &T) -> bool,
             out: &mut Vec<(String, String)>,
         ) {
             for (i, g) in granted.iter().enumerate() {
-                if !requested.contains(g) {
-                    out.push((format!("{key}[{i}]"), format!("{g:?} was not requested by the manifest")));
+                if !requested.iter().any(|r| within(g, r)) {
+                    out.push((format!("{key}[{i}]"), format!("{g:?} is not within what the manifest requests")));
                 }
             }
         }
+        let glob = |g: &String, r: &String| Glob::new(r).covers(&Glob::new(g));
+        let filter = |g: &String, r: &String| mqtt_filter_covers(r, g);
         let mut out = Vec::new();
-        check("providers", &self.providers, &requested.providers, &mut out);
-        check("mqtt.subscribe", &self.mqtt.subscribe, &requested.mqtt.subscribe, &mut out);
-        check("mqtt.publish", &self.mqtt.publish, &requested.mqtt.publish, &mut out);
-        check("coap.subscribe", &self.coap.subscribe, &requested.coap.subscribe, &mut out);
-        check("coap.publish", &self.coap.publish, &requested.coap.publish, &mut out);
-        check("xmpp.subscribe", &self.xmpp.subscribe, &requested.xmpp.subscribe, &mut out);
-        check("xmpp.publish", &self.xmpp.publish, &requested.xmpp.publish, &mut out);
-        check("udp.ports", &self.udp.ports, &requested.udp.ports, &mut out);
+        check("providers", &self.providers, &requested.providers, glob, &mut out);
+        check("mqtt.subscribe", &self.mqtt.subscribe, &requested.mqtt.subscribe, filter, &mut out);
+        check("mqtt.publish", &self.mqtt.publish, &requested.mqtt.publish, filter, &mut out);
+        check("coap.subscribe", &self.coap.subscribe, &requested.coap.subscribe, glob, &mut out);
+        check("coap.publish", &self.coap.publish, &requested.coap.publish, glob, &mut out);
+        check("xmpp.subscribe", &self.xmpp.subscribe, &requested.xmpp.subscribe, glob, &mut out);
+        check("xmpp.publish", &self.xmpp.publish, &requested.xmpp.publish, glob, &mut out);
+        check("udp.ports", &self.udp.ports, &requested.udp.ports, |g, r| g == r, &mut out);
         out
     }
 
@@ -240,6 +244,21 @@ pub fn validate_mqtt_filter(filter: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether every topic `inner` (a topic filter) matches is also matched by the filter `outer`.
+pub fn mqtt_filter_covers(outer: &str, inner: &str) -> bool {
+    let mut o = outer.split('/');
+    let mut i = inner.split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(l)) if l != "#" => {}
+            (Some(ol), Some(il)) if ol == il && ol != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether an MQTT topic matches a topic filter (`+` one level, `#` the rest, including none). Topics starting
 /// with `$` match only filters that name their first level.
 pub fn mqtt_matches(filter: &str, topic: &str) -> bool {
@@ -303,6 +322,41 @@ mod tests {
         assert_eq!(issues.len(), 2);
         assert_eq!(issues[0].0, "mqtt.publish[1]");
         assert_eq!(issues[1].0, "udp.ports[0]");
+
+        let narrower = Capabilities {
+            providers: vec!["lora-0a*".into(), "lora-1".into()],
+            mqtt: PubSub { subscribe: vec!["up/+/env".into(), "up".into()], publish: vec!["down/x".into()] },
+            ..Capabilities::default()
+        };
+        assert!(narrower.check_subset_of(&requested).is_empty());
+        let wider = Capabilities {
+            providers: vec!["lor*".into()],
+            mqtt: PubSub { subscribe: vec!["#".into()], publish: vec!["down/#".into()] },
+            ..Capabilities::default()
+        };
+        let keys: Vec<String> = wider.check_subset_of(&requested).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["providers[0]", "mqtt.subscribe[0]", "mqtt.publish[0]"]);
+    }
+
+    #[test]
+    fn filter_cover_table() {
+        let table: &[(&str, &str, bool)] = &[
+            ("#", "a/b", true),
+            ("#", "#", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "a", true),
+            ("a/#", "b/#", false),
+            ("+/b", "a/b", true),
+            ("+/b", "+/b", true),
+            ("+/b", "#", false),
+            ("a/+", "a/#", false),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/c", false),
+        ];
+        for (outer, inner, want) in table {
+            assert_eq!(mqtt_filter_covers(outer, inner), *want, "{outer} covers {inner}");
+        }
     }
 
     #[test]

@@ -151,22 +151,32 @@ impl Driver {
         Some(interval)
     }
 
-    /// Collects up to `max_batch` messages, waiting at most `linger` after the first.
+    /// Collects up to `max_batch` messages, waiting at most `linger` after the first, and stops adding once the
+    /// payloads reach `max_batch_bytes` (so a batch holds at most that plus one message's payload).
     async fn collect_batch(&mut self, first: InboundMessage) -> Vec<InboundMessage> {
         let max = self.host.config.max_batch.max(1);
+        let max_bytes = self.host.config.max_batch_bytes;
+        let mut bytes = first.payload.0.len();
         let mut batch = Vec::with_capacity(max.min(64));
         batch.push(first);
-        while batch.len() < max {
+        let room = |batch: &Vec<InboundMessage>, bytes: usize| batch.len() < max && bytes < max_bytes;
+        while room(&batch, bytes) {
             match self.messages.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(m) => {
+                    bytes += m.payload.0.len();
+                    batch.push(m);
+                }
                 Err(_) => break,
             }
         }
-        if batch.len() < max && !self.host.config.linger.is_zero() {
+        if room(&batch, bytes) && !self.host.config.linger.is_zero() {
             let deadline = tokio::time::Instant::now() + self.host.config.linger;
-            while batch.len() < max {
+            while room(&batch, bytes) {
                 match tokio::time::timeout_at(deadline, self.messages.recv()).await {
-                    Ok(Some(m)) => batch.push(m),
+                    Ok(Some(m)) => {
+                        bytes += m.payload.0.len();
+                        batch.push(m);
+                    }
                     _ => break,
                 }
             }

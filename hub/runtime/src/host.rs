@@ -9,7 +9,7 @@ use std::{
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use base64::Engine as _;
-use hub_model::{Glob, ResourcePath, Timestamp};
+use hub_model::{ResourcePath, Timestamp};
 use hub_plugin_sdk::abi::{ActRequest, InboundMessage};
 use hub_twin::{ActError, ActHandler};
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,8 @@ struct Slot {
     cancel: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     config_override: Mutex<Option<Value>>,
-    act_globs: Mutex<Vec<Glob>>,
+    /// The ACT handler registered for this plugin's provider globs, to unregister it.
+    act_owner: Mutex<Option<Arc<dyn ActHandler>>>,
 }
 
 struct Inner {
@@ -205,6 +206,18 @@ impl PluginHost {
         let record = InstallRecord { grant, config: config.clone(), enabled: true };
         self.write_files(&id, Some((manifest, &wasm)), &record).await?;
         self.spawn(loaded, config, state, true).await
+    }
+
+    /// Replaces a plugin's grant (it must stay within what its manifest requests). The running version takes the
+    /// new grant the way an upgrade would: queued messages are kept, state is kept, ACT ownership follows the new
+    /// provider globs.
+    pub async fn set_grant(&self, id: &str, grant: Capabilities) -> Result<PluginInfo, RuntimeError> {
+        let dir = self.plugin_dir(id)?;
+        self.slot(id)?;
+        let manifest = String::from_utf8(read_file(&dir.join(MANIFEST_FILE)).await?)
+            .map_err(|_| RuntimeError::InvalidInput(format!("{MANIFEST_FILE}: not UTF-8")))?;
+        let wasm = read_file(&dir.join(WASM_FILE)).await?;
+        self.upgrade(id, &manifest, wasm, Some(grant)).await
     }
 
     /// Upgrades (or downgrades, or reinstalls) a plugin in place. The new version is compiled and started
@@ -523,7 +536,7 @@ impl PluginHost {
             cancel: cancel.clone(),
             task: Mutex::new(None),
             config_override: Mutex::new(config_override),
-            act_globs: Mutex::new(Vec::new()),
+            act_owner: Mutex::new(None),
         });
         let driver = Driver::new(shared, self.inner.shared.clone(), msg_rx, ctl_rx, state, cancel);
         let task = self.inner.tracker.spawn(driver.run());
@@ -548,18 +561,15 @@ impl PluginHost {
         let handler: Arc<dyn ActHandler> =
             Arc::new(PluginAct { host: Arc::downgrade(&self.inner), id: slot.shared.id.clone() });
         let registry = self.inner.shared.twin.act_registry();
-        let globs = grant.provider_globs().to_vec();
-        for glob in &globs {
+        for glob in grant.provider_globs() {
             registry.register(glob.clone(), handler.clone());
         }
-        *slot.act_globs.lock().unwrap_or_else(PoisonError::into_inner) = globs;
+        *slot.act_owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(handler);
     }
 
     fn unregister_act(&self, slot: &Slot) {
-        let globs = std::mem::take(&mut *slot.act_globs.lock().unwrap_or_else(PoisonError::into_inner));
-        let registry = self.inner.shared.twin.act_registry();
-        for glob in &globs {
-            registry.unregister(glob);
+        if let Some(handler) = slot.act_owner.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            self.inner.shared.twin.act_registry().unregister(&handler);
         }
     }
 

@@ -31,7 +31,9 @@ use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Serialize;
 
-pub use capability::{Capabilities, CompiledGrant, PubSub, Subscription, Udp, mqtt_matches, validate_mqtt_filter};
+pub use capability::{
+    Capabilities, CompiledGrant, PubSub, Subscription, Udp, mqtt_filter_covers, mqtt_matches, validate_mqtt_filter,
+};
 pub use error::RuntimeError;
 pub use host::{DispatchOutcome, PluginHost};
 pub use instance::FailureKind;
@@ -124,6 +126,9 @@ pub struct HostConfig {
     pub max_batch: usize,
     /// How long a batch waits for more messages after its first.
     pub linger: Duration,
+    /// A batch stops growing once its payloads reach this many bytes, so large messages do not multiply into a
+    /// call bigger than the plugin's memory.
+    pub max_batch_bytes: usize,
     /// Restart and quarantine.
     pub restart: RestartPolicy,
     /// The longest an ACT waits for the plugin (queueing and the call).
@@ -144,6 +149,7 @@ impl HostConfig {
             queue_capacity: 4096,
             max_batch: 256,
             linger: Duration::from_millis(2),
+            max_batch_bytes: 1 << 20,
             restart: RestartPolicy::default(),
             act_timeout: Duration::from_secs(5),
             dispatch_timeout: Duration::from_millis(100),

@@ -33,19 +33,24 @@ pub struct ActRegistry {
 }
 
 impl ActRegistry {
-    /// Registers `handler` for providers matching `providers` (a glob). Later registrations win.
+    /// Registers `handler` for providers matching `providers` (a glob). When several globs match a provider, the
+    /// most specific (most literal characters) owns it, so `lora-*` beats `*` whatever the order; among equally
+    /// specific ones the latest registration wins.
     pub fn register(&self, providers: Glob, handler: Arc<dyn ActHandler>) {
         self.owners.rcu(|current| {
             let mut next = Vec::with_capacity(current.len() + 1);
             next.push((providers.clone(), handler.clone()));
             next.extend(current.iter().cloned());
+            // Stable: equally specific globs keep latest-first order.
+            next.sort_by_key(|(g, _)| std::cmp::Reverse(g.specificity()));
             next
         });
     }
 
-    /// Removes every registration for exactly this glob.
-    pub fn unregister(&self, providers: &Glob) {
-        self.owners.rcu(|current| current.iter().filter(|(g, _)| g != providers).cloned().collect::<Vec<_>>());
+    /// Removes every registration of `handler` (compared by identity), whatever its globs.
+    pub fn unregister(&self, handler: &Arc<dyn ActHandler>) {
+        self.owners
+            .rcu(|current| current.iter().filter(|(_, h)| !Arc::ptr_eq(h, handler)).cloned().collect::<Vec<_>>());
     }
 
     /// The handler for a resource's provider, if any.

@@ -120,14 +120,22 @@ async fn act_goes_to_the_registered_owner() {
     let params = |v: Value| v.as_object().unwrap().clone();
     assert!(matches!(twin.act(path.clone(), params(json!({"seconds": 5}))).await, Err(TwinError::NoOwner(_))));
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    twin.act_registry().register(Glob::new("home-*"), Arc::new(Recorder(tx)));
+    let (other_tx, mut other_rx) = tokio::sync::mpsc::channel(4);
+    let owner: Arc<dyn ActHandler> = Arc::new(Recorder(tx));
+    // The more specific glob owns the provider whatever the registration order.
+    twin.act_registry().register(Glob::new("home-*"), owner.clone());
+    let catch_all: Arc<dyn ActHandler> = Arc::new(Recorder(other_tx));
+    twin.act_registry().register(Glob::new("*"), catch_all.clone());
     assert_eq!(twin.act(path.clone(), params(json!({"seconds": 5}))).await.unwrap(), json!("queued"));
     assert_eq!(rx.recv().await.unwrap(), (path.clone(), json!({"seconds": 5})));
     assert!(matches!(
         twin.act(path.clone(), params(json!({"seconds": 500}))).await,
         Err(TwinError::Act(ActError::Refused(_)))
     ));
-    twin.act_registry().unregister(&Glob::new("home-*"));
+    twin.act_registry().unregister(&owner);
+    assert_eq!(twin.act(path.clone(), params(json!({"seconds": 6}))).await.unwrap(), json!("queued"));
+    assert_eq!(other_rx.recv().await.unwrap(), (path.clone(), json!({"seconds": 6})));
+    twin.act_registry().unregister(&catch_all);
     assert!(matches!(twin.act(path, params(json!({"seconds": 5}))).await, Err(TwinError::NoOwner(_))));
 }
 

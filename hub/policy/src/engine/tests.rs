@@ -41,6 +41,11 @@ fn default_policy_allows_admin_everything_and_denies_everyone_else() {
             assert!(!engine.check(&who("alice", &["ops"]), object, action), "alice {action} {object}");
         }
     }
+    // The official MQTT adapter may write device data, and nothing else.
+    let mqtt = who("plugin:mqtt", &[]);
+    assert!(engine.check(&mqtt, "kiosk-7/env/temperature", Action::Write));
+    assert!(!engine.check(&mqtt, "kiosk-7/env/temperature", Action::Read));
+    assert!(!engine.check(&mqtt, "policy", Action::Admin));
 }
 
 #[test]
