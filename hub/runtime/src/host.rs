@@ -252,8 +252,8 @@ impl PluginHost {
 
     /// Replaces the plugin's configuration (`None` returns to the manifest's defaults) and restarts its
     /// instance with it; if the new instance does not start, the old one keeps running and the error is
-    /// returned.
-    pub async fn set_config(&self, id: &str, config: Option<Value>) -> Result<PluginInfo, RuntimeError> {
+    /// returned. Secret fields sent back as `<redacted>` keep their current value (see [`crate::secrets`]).
+    pub async fn set_config(&self, id: &str, mut config: Option<Value>) -> Result<PluginInfo, RuntimeError> {
         let _admin = self.inner.admin.lock().await;
         let slot = self.slot(id)?;
         if let Some(c) = &config
@@ -262,6 +262,9 @@ impl PluginHost {
             return Err(RuntimeError::InvalidInput("config: must be a JSON object".to_owned()));
         }
         let current = slot.shared.loaded.load_full();
+        if let Some(c) = &mut config {
+            crate::secrets::restore(c, &current.config);
+        }
         let mut loaded = Loaded::clone(&current);
         loaded.config = config.clone().unwrap_or_else(|| loaded.manifest.default_config());
         self.control(&slot, |reply| Control::Replace(Box::new(loaded), reply)).await??;
@@ -632,7 +635,7 @@ fn info(slot: &Slot) -> PluginInfo {
         state: slot.shared.state(),
         requested: m.capabilities.clone(),
         granted: loaded.grant.capabilities().clone(),
-        config: loaded.config.clone(),
+        config: crate::secrets::redact(&loaded.config),
         limits: m.limits,
         tick_ms: m.tick_ms,
         sha256: m.sha256.clone(),

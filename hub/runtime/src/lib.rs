@@ -24,6 +24,7 @@ mod error;
 mod host;
 mod instance;
 mod manifest;
+pub mod secrets;
 mod stats;
 mod transport;
 
@@ -190,7 +191,7 @@ pub struct PluginInfo {
     pub requested: Capabilities,
     /// What an admin granted.
     pub granted: Capabilities,
-    /// The effective configuration.
+    /// The effective configuration, with secret fields (`*key`, `*secret`, `*password`, `*token`) redacted.
     pub config: serde_json::Value,
     /// Its limits.
     pub limits: Limits,
