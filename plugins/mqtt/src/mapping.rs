@@ -111,13 +111,7 @@ pub fn apply(matched: Matched<'_, '_>, memory: &mut Memory, sink: &mut Sink<'_, 
             sink.skip(topic, format_args!("{service}/{name}: {problem}"));
             continue;
         }
-        sink.out.updates.push(ResourceUpdate {
-            provider: provider.clone(),
-            service: service.to_owned(),
-            resource: name.clone(),
-            value,
-            timestamp_us: Some(timestamp_us),
-        });
+        sink.out.update_at(provider, service, name, value, timestamp_us);
     }
 
     if declare {

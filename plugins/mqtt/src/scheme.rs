@@ -90,13 +90,7 @@ pub fn up(sink: &mut Sink<'_, '_>, message: &InboundMessage, levels: &[&str], ma
         sink.skip(topic, format_args!("{problem}"));
         return;
     }
-    sink.out.updates.push(ResourceUpdate {
-        provider: provider.to_owned(),
-        service: service.to_owned(),
-        resource: resource.to_owned(),
-        value,
-        timestamp_us: Some(timestamp_us),
-    });
+    sink.out.update_at(provider, service, resource, value, timestamp_us);
 }
 
 /// An object with exactly `value`, or `value` and `timestamp`, is an envelope; anything else is the value.

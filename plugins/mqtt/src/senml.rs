@@ -164,13 +164,7 @@ pub fn pack(
                     let declaration = json!({ "type": model_type(&value), "unit": unit });
                     declare_resource(&mut units, service, resource, declaration);
                 }
-                sink.out.updates.push(ResourceUpdate {
-                    provider: provider.to_owned(),
-                    service: service.to_owned(),
-                    resource: resource.to_owned(),
-                    value,
-                    timestamp_us: Some(timestamp_us),
-                });
+                sink.out.update_at(provider, service, resource, value, timestamp_us);
             }
             Err(reason) => sink.skip(topic, format_args!("record {i}: {reason}")),
         }
