@@ -15,7 +15,11 @@ use std::{
 use sha2::Digest;
 
 /// (plugin id, folder under `plugins/`, cargo package).
-const OFFICIAL: &[(&str, &str, &str)] = &[("mqtt", "mqtt", "hub-adapter-mqtt")];
+const OFFICIAL: &[(&str, &str, &str)] = &[
+    ("mqtt", "mqtt", "hub-adapter-mqtt"),
+    ("coap", "coap", "hub-adapter-coap"),
+    ("lorawan", "lorawan", "hub-adapter-lorawan"),
+];
 
 /// Variables the outer cargo sets for its own compilation that must not leak into the wasm build.
 const SCRUB: &[&str] = &[

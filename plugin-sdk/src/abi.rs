@@ -42,6 +42,9 @@ pub mod exports {
     pub const ON_ACT: &str = "hub_on_act";
     /// Called periodically when the manifest asks for ticks.
     pub const ON_TICK: &str = "hub_on_tick";
+    /// Called when a rule's `call` action invokes the plugin (a rule app, kind `app`). Optional: a module
+    /// without it refuses calls.
+    pub const ON_CALL: &str = "hub_on_call";
 }
 
 /// The names of the host functions a plugin may import (module [`imports::MODULE`]).
@@ -399,7 +402,34 @@ pub struct ActRequest {
     pub now_us: i64,
 }
 
-/// The output of [`exports::ON_ACT`].
+/// The input of [`exports::ON_CALL`]: a rule's `call app(...)` action, fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// The id of the rule that fired.
+    pub rule: String,
+    /// The action's parameters, rendered by the rule engine.
+    #[serde(default)]
+    pub params: serde_json::Map<String, Value>,
+    /// The rule instance's variable bindings (`$home` → `home-2`), without the `$`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bindings: BTreeMap<String, String>,
+    /// The update that triggered the firing, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<CallTrigger>,
+    /// The current time, in microseconds since the Unix epoch.
+    pub now_us: i64,
+}
+
+/// The update that made a rule fire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallTrigger {
+    /// `provider/service/resource`.
+    pub path: String,
+    /// Its new value.
+    pub value: Value,
+}
+
+/// The output of [`exports::ON_ACT`] and [`exports::ON_CALL`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum ActResponse {

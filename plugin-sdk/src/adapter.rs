@@ -3,7 +3,7 @@
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::abi::{ActRequest, InboundMessage, LogLevel, LogLine, Output};
+use crate::abi::{ActRequest, CallRequest, InboundMessage, LogLevel, LogLine, Output};
 
 /// A protocol adapter (or rule app): pure code that turns inbound messages into resource updates and ACT
 /// requests into outbound messages.
@@ -32,6 +32,15 @@ pub trait Adapter: Sized + 'static {
     fn on_tick(&mut self, ctx: &mut Context<'_>) -> Output {
         let _ = ctx;
         Output::new()
+    }
+
+    /// Runs a rule's `call` action (rule apps, manifest kind `app`): logic the rule language cannot say. `Ok`
+    /// carries a result recorded in the rule's firing history; `out` carries the effects (updates within the
+    /// plugin's granted namespace, outbound messages, log lines), applied like any other output. The default
+    /// refuses: adapters are not rule apps.
+    fn on_call(&mut self, ctx: &mut Context<'_>, request: &CallRequest, out: &mut Output) -> Result<Value, String> {
+        let _ = out;
+        Err(format!("{} is not a rule app (called by rule {})", ctx.plugin_id(), request.rule))
     }
 }
 
@@ -171,6 +180,22 @@ pub(crate) mod dispatch {
         let mut ctx = Context::new(plugin_id, request.now_us, state);
         let mut output = Output::new();
         let answer = adapter.on_act(&mut ctx, &request, &mut output);
+        output.logs.extend(ctx.take_logs());
+        match answer {
+            Ok(result) => ActResponse::Done { result, output },
+            Err(reason) => ActResponse::Refused { reason, output },
+        }
+    }
+
+    pub(crate) fn call<A: Adapter>(
+        adapter: &mut A,
+        plugin_id: &str,
+        state: &mut dyn StateStore,
+        request: CallRequest,
+    ) -> ActResponse {
+        let mut ctx = Context::new(plugin_id, request.now_us, state);
+        let mut output = Output::new();
+        let answer = adapter.on_call(&mut ctx, &request, &mut output);
         output.logs.extend(ctx.take_logs());
         match answer {
             Ok(result) => ActResponse::Done { result, output },

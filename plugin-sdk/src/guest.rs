@@ -11,7 +11,7 @@ use extism_pdk::Memory;
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
-    abi::{ActRequest, InitRequest, MessageBatch, TickRequest},
+    abi::{ActRequest, CallRequest, InitRequest, MessageBatch, TickRequest},
     adapter::{Adapter, StateStore, dispatch},
 };
 
@@ -104,6 +104,11 @@ pub fn on_messages<A: Adapter>(slot: &'static SlotKey<A>) -> i32 {
 /// Body of `hub_on_act`.
 pub fn on_act<A: Adapter>(slot: &'static SlotKey<A>) -> i32 {
     run(|request: ActRequest| with_adapter(slot, |adapter, id| dispatch::act(adapter, id, &mut HostState, request)))
+}
+
+/// Body of `hub_on_call`.
+pub fn on_call<A: Adapter>(slot: &'static SlotKey<A>) -> i32 {
+    run(|request: CallRequest| with_adapter(slot, |adapter, id| dispatch::call(adapter, id, &mut HostState, request)))
 }
 
 /// Body of `hub_on_tick`.

@@ -84,7 +84,8 @@ pub use adapter::{Adapter, Context, StateStore};
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
     pub use crate::abi::{
-        ActRequest, InboundMessage, LogLevel, OutboundMessage, Output, Payload, ResourceUpdate, transport,
+        ActRequest, CallRequest, CallTrigger, InboundMessage, LogLevel, OutboundMessage, Output, Payload,
+        ResourceUpdate, transport,
     };
     pub use crate::testkit;
     pub use crate::{Adapter, Context, StateStore, export_adapter};
@@ -92,7 +93,7 @@ pub mod prelude {
 }
 
 /// Exports an [`Adapter`] as the plugin's ABI functions (`hub_init`, `hub_on_messages`, `hub_on_act`,
-/// `hub_on_tick`). Use it once, in the plugin crate's `lib.rs`; the crate must be a `cdylib`. On targets other
+/// `hub_on_tick`, `hub_on_call`). Use it once, in the plugin crate's `lib.rs`; the crate must be a `cdylib`. On targets other
 /// than `wasm32` it expands to nothing, so the crate still builds and tests natively.
 #[macro_export]
 macro_rules! export_adapter {
@@ -122,6 +123,11 @@ macro_rules! export_adapter {
             #[unsafe(no_mangle)]
             pub extern "C" fn hub_on_tick() -> i32 {
                 $crate::guest::on_tick::<$adapter>(&SLOT)
+            }
+
+            #[unsafe(no_mangle)]
+            pub extern "C" fn hub_on_call() -> i32 {
+                $crate::guest::on_call::<$adapter>(&SLOT)
             }
         };
     };

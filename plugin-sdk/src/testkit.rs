@@ -36,7 +36,8 @@ use serde_json::Value;
 
 use crate::{
     abi::{
-        ABI_VERSION, ActRequest, ActResponse, InboundMessage, InitRequest, LogLine, MessageBatch, Output, TickRequest,
+        ABI_VERSION, ActRequest, ActResponse, CallRequest, InboundMessage, InitRequest, LogLine, MessageBatch, Output,
+        TickRequest,
     },
     adapter::{Adapter, StateStore, dispatch},
 };
@@ -136,6 +137,31 @@ impl<A: Adapter> TestKit<A> {
             round_trip(&dispatch::act(adapter, &id, state, round_trip(&request)?))
         })
         .unwrap_or_else(|e| panic!("on_act failed: {e}"));
+        match response {
+            ActResponse::Done { result, output } => Ok((result, output)),
+            ActResponse::Refused { reason, output } => Err((reason, output)),
+        }
+    }
+
+    /// Calls `on_call` as rule `rule` would, with `params` (a JSON object) and no trigger.
+    pub fn call(&mut self, rule: &str, params: Value) -> Result<(Value, Output), (String, Output)> {
+        let params = match params {
+            Value::Object(map) => map,
+            Value::Null => serde_json::Map::new(),
+            other => panic!("call parameters must be a JSON object, got {other}"),
+        };
+        let request = CallRequest {
+            rule: rule.to_owned(),
+            params,
+            bindings: Default::default(),
+            trigger: None,
+            now_us: self.now_us,
+        };
+        let (adapter, id) = (&mut self.adapter, self.plugin_id.clone());
+        let response = transactional(&mut self.state, |state| {
+            round_trip(&dispatch::call(adapter, &id, state, round_trip(&request)?))
+        })
+        .unwrap_or_else(|e| panic!("on_call failed: {e}"));
         match response {
             ActResponse::Done { result, output } => Ok((result, output)),
             ActResponse::Refused { reason, output } => Err((reason, output)),

@@ -43,6 +43,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
 }
 
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("no free UDP port")
+}
+
 /// A running hub process.
 pub struct HubProcess {
     /// The child.
@@ -57,6 +62,10 @@ pub struct HubProcess {
     pub port: u16,
     /// The embedded MQTT broker's port.
     pub mqtt_port: u16,
+    /// The CoAP endpoint's UDP port.
+    pub coap_port: u16,
+    /// The UDP port LoRa gateways send to (GWMP).
+    pub gwmp_port: u16,
 }
 
 /// How to start a hub.
@@ -107,12 +116,17 @@ impl HubProcess {
     /// Starts `hub serve` and waits until it answers `/healthz`.
     pub async fn start(launch: Launch<'_>) -> Result<HubProcess> {
         let admin = launch.admin.unwrap_or("hub_e2e-admin-token-0123456789abcdefghijklmnop").to_string();
-        // Port 1883 usually belongs to a system broker on development machines: every test hub gets its own.
-        let mqtt_port = free_port();
+        // Port 1883 usually belongs to a system broker on development machines, and tests run in parallel:
+        // every test hub gets its own ports.
+        let (mqtt_port, coap_port, gwmp_port) = (free_port(), free_udp_port(), free_udp_port());
         let mut cmd = Command::new(hub_binary());
         cmd.arg("serve")
             .arg("--mqtt-listen")
             .arg(format!("127.0.0.1:{mqtt_port}"))
+            .arg("--coap-listen")
+            .arg(format!("127.0.0.1:{coap_port}"))
+            .arg("--gwmp-listen")
+            .arg(format!("127.0.0.1:{gwmp_port}"))
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", launch.port))
             .arg("--data-dir")
@@ -131,6 +145,8 @@ impl HubProcess {
             data_dir: launch.data_dir.to_path_buf(),
             port: launch.port,
             mqtt_port,
+            coap_port,
+            gwmp_port,
         };
         hub.wait_ready(Duration::from_secs(60)).await?;
         Ok(hub)
@@ -172,6 +188,33 @@ impl HubProcess {
         let res = client().post(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(body).send().await?;
         let status = res.status().as_u16();
         Ok((status, res.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Polls `GET /api/v1/providers/{path}` (a resource path) until the resource exists with `value`; returns
+    /// the resource. Panics after 15 s.
+    pub async fn wait_for_value(&self, path: &str, value: &Value) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..150 {
+            let (status, body) = self.get(&format!("/api/v1/providers/{path}")).await.unwrap_or((0, Value::Null));
+            if status == 200 && body["value"] == *value {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{path} never became {value}; last seen: {last}");
+    }
+
+    /// Opens `GET /api/v1/events` with `query` (e.g. `provider=noise-1`) as admin.
+    pub async fn events(&self, query: &str) -> reqwest::Response {
+        let res = reqwest::Client::new()
+            .get(format!("{}/api/v1/events?{query}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .expect("opening the event stream");
+        assert_eq!(res.status(), 200, "opening the event stream");
+        res
     }
 
     /// Replaces the policy (CSV text) as admin; returns the status.
@@ -216,6 +259,35 @@ impl Drop for HubProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The full path of the program `name`, or a panic that says how to install it (a missing peer fails the test,
+/// it never skips it).
+pub fn require_program(name: &str, install: &str) -> PathBuf {
+    let dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&dirs)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("this test needs `{name}`, which is not installed; install it with `{install}`"))
+}
+
+/// Reads a Server-Sent Events response until `needle` appears, or 15 s pass (then panics).
+pub async fn sse_until(response: reqwest::Response, needle: &str) -> String {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            if text.contains(needle) {
+                break;
+            }
+        }
+        text
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no SSE event with {needle} in time"))
 }
 
 /// An HTTP client with a timeout on every request.

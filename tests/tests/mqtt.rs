@@ -8,8 +8,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use futures::StreamExt;
-use hub_e2e::{HubProcess, Launch, build_plugin, client, unique_schema};
+use hub_e2e::{HubProcess, Launch, build_plugin, client, sse_until, unique_schema};
 use serde_json::{Value, json};
 
 fn mosquitto_pub(port: u16, topic: &str, message: &str) {
@@ -81,35 +80,6 @@ impl Device {
     }
 }
 
-/// Reads an SSE response until `needle` appears, or 15 s pass.
-async fn sse_until(response: reqwest::Response, needle: &str) -> String {
-    let mut body = response.bytes_stream();
-    tokio::time::timeout(Duration::from_secs(15), async {
-        let mut text = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            if text.contains(needle) {
-                break;
-            }
-        }
-        text
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no SSE event with {needle} in time"))
-}
-
-/// Polls a resource until it exists with `value`.
-async fn wait_for_value(hub: &HubProcess, path: &str, value: &Value) -> Value {
-    for _ in 0..150 {
-        let (status, body) = hub.get(&format!("/api/v1/providers/{path}")).await.unwrap();
-        if status == 200 && body["value"] == *value {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{path} never became {value}");
-}
-
 fn lamp_model() -> String {
     json!({"services": {"light": {"resources": {
         "switch": {"kind": "action", "type": "string", "parameters": {"on": "boolean"}},
@@ -142,19 +112,19 @@ async fn the_official_adapter_maps_a_mosquitto_pub_reading_into_the_model_and_a_
     let seen = sse_until(sse, "\"resource\":\"temperature\"").await;
     assert!(seen.contains("kiosk.7") && seen.contains("21.5"), "{seen}");
 
-    let body = wait_for_value(&hub, "kiosk.7/services/env/resources/temperature", &json!(21.5)).await;
+    let body = hub.wait_for_value("kiosk.7/services/env/resources/temperature", &json!(21.5)).await;
     assert_eq!(body["timestamp"], "2026-11-22T08:00:00Z", "the device's timestamp is kept: {body}");
 
     // A plain value and a SenML pack take the same road.
     mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/door", "\"open\"");
-    wait_for_value(&hub, "kiosk.7/services/env/resources/door", &json!("open")).await;
+    hub.wait_for_value("kiosk.7/services/env/resources/door", &json!("open")).await;
     mosquitto_pub(hub.mqtt_port, "hub/senml/kiosk.7", r#"[{"bn": "kiosk.7/", "n": "env/humidity", "v": 40}]"#);
-    wait_for_value(&hub, "kiosk.7/services/env/resources/humidity", &json!(40)).await;
+    hub.wait_for_value("kiosk.7/services/env/resources/humidity", &json!(40)).await;
 
     // Garbage is skipped and counted as a warning; the adapter keeps running and the next reading flows.
     mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/temperature", "{not json");
     mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.7/env/temperature", "22");
-    wait_for_value(&hub, "kiosk.7/services/env/resources/temperature", &json!(22)).await;
+    hub.wait_for_value("kiosk.7/services/env/resources/temperature", &json!(22)).await;
     let (_, info) = hub.get("/api/v1/plugins/mqtt").await.unwrap();
     assert_eq!(info["state"], "running", "{info}");
     assert_eq!(info["stats"]["errors"], 0, "{info}");
@@ -184,7 +154,7 @@ async fn act_reaches_a_device_listening_with_mosquitto_sub() {
     // The device declares its action over MQTT, then listens for commands.
     mosquitto_pub(hub.mqtt_port, "hub/model/lamp-1", &lamp_model());
     mosquitto_pub(hub.mqtt_port, "hub/up/lamp-1/light/level", "3");
-    wait_for_value(&hub, "lamp-1/services/light/resources/level", &json!(3)).await;
+    hub.wait_for_value("lamp-1/services/light/resources/level", &json!(3)).await;
     let device = Device::subscribe(hub.mqtt_port, "hub/down/lamp-1/#", 1);
 
     let (status, result) = hub
@@ -206,6 +176,20 @@ async fn act_reaches_a_device_listening_with_mosquitto_sub() {
         .await
         .unwrap();
     assert_eq!(status, 422);
+
+    // After a restart the action still goes to the adapter that declared it, not to another adapter that may
+    // also write every provider (the CoAP adapter), and the device need not declare it again.
+    assert!(hub.stop().unwrap().success());
+    let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
+    let device = Device::subscribe(hub.mqtt_port, "hub/down/lamp-1/#", 1);
+    let (status, result) = hub
+        .post("/api/v1/providers/lamp-1/services/light/resources/switch/act", &json!({"params": {"on": false}}))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{result}");
+    let received = device.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].1["params"], json!({"on": false}));
 }
 
 #[tokio::test]
@@ -278,8 +262,9 @@ async fn an_uploaded_adapter_runs_beside_the_official_one() {
 
     mosquitto_pub(hub.mqtt_port, "city/kiosk.8/temperature", "19.5");
     mosquitto_pub(hub.mqtt_port, "hub/up/kiosk.9/env/temperature", "18.5");
-    wait_for_value(&hub, "tmpl-kiosk.8/services/sensors/resources/temperature", &json!(19.5)).await;
-    wait_for_value(&hub, "kiosk.9/services/env/resources/temperature", &json!(18.5)).await;
+    hub.wait_for_value("tmpl-kiosk.8/services/sensors/resources/temperature", &json!(19.5)).await;
+    hub.wait_for_value("kiosk.9/services/env/resources/temperature", &json!(18.5)).await;
     let (_, list) = hub.get("/api/v1/plugins").await.unwrap();
-    assert_eq!(list["plugins"].as_array().unwrap().len(), 2, "{list}");
+    let ids: Vec<&str> = list["plugins"].as_array().unwrap().iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(ids, ["coap", "lorawan", "mqtt", "template"], "the official adapters and the upload: {list}");
 }

@@ -18,6 +18,10 @@ async fn first_start_prints_an_admin_token_once_and_writes_it_privately() {
             &format!("127.0.0.1:{port}"),
             "--mqtt-listen",
             &format!("127.0.0.1:{}", free_port()),
+            "--coap-listen",
+            "127.0.0.1:0",
+            "--gwmp-listen",
+            "127.0.0.1:0",
         ])
         .arg("--data-dir")
         .arg(dir.path())
@@ -81,9 +85,36 @@ fn configuration_errors_name_their_key_and_stop_the_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mqtt.broker.lisen"), "the MQTT section is validated too: {stderr}");
 
+    std::fs::write(&config, "[coap]\nlisten = \"nowhere\"\n").unwrap();
+    let out = Command::new(hub_binary()).args(["check-config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("coap.listen"), "the CoAP section is validated too: {stderr}");
+
+    std::fs::write(&config, "[gwmp]\nallowed_gateways = [\"0102\"]\n").unwrap();
+    let out = Command::new(hub_binary()).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("gwmp.allowed_gateways[0]"), "the GWMP section is validated too: {stderr}");
+
+    std::fs::write(&config, "[plugins]\nofficial = [\"mqtt\", \"zigbee\"]\n").unwrap();
+    let out = Command::new(hub_binary()).args(["check-config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plugins.official[1]") && stderr.contains("lorawan"), "{stderr}");
+
     std::fs::write(&config, "[http]\nlisten = \"127.0.0.1:8089\"\n").unwrap();
     let out = Command::new(hub_binary()).args(["check-config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_example_configurations_are_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for name in ["hub.toml", "santander.toml"] {
+        let out = Command::new(hub_binary()).arg("check-config").arg(examples.join(name)).output().unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 #[tokio::test]
@@ -99,6 +130,29 @@ async fn a_taken_port_is_an_error_naming_the_key_and_the_flag() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("http.listen") && stderr.contains("--listen"), "{stderr}");
+}
+
+#[tokio::test]
+async fn taken_udp_ports_are_errors_naming_the_key_and_the_flag() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (flag, key) in [("--coap-listen", "coap.listen"), ("--gwmp-listen", "gwmp.listen")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(hub_binary())
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+            .arg(dir.path())
+            .args(["--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(
+                ["--coap-listen", "--gwmp-listen"]
+                    .iter()
+                    .flat_map(|f| [*f, if *f == flag { &addr } else { "127.0.0.1:0" }]),
+            )
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key) && stderr.contains(flag), "{flag}: {stderr}");
+    }
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ mod providers;
 mod rules;
 mod streams;
 mod system;
+mod transports;
 
 use std::{sync::Arc, time::Duration};
 
@@ -35,6 +36,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use openapi::openapi;
 pub use system::{token_info, token_record};
+pub use transports::{HostTransport, HostTransports, counters_of};
 
 /// Limits the API enforces.
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub struct AppState {
     pub automation: hub_automation::Automation,
     /// The WASM plugin runtime.
     pub plugins: hub_runtime::PluginHost,
+    /// The host transports the binary started (for status and metrics).
+    pub transports: HostTransports,
     /// Cancelled when the hub shuts down: open streams end so that connections can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -104,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         .route("/rules/{id}/firings", get(rules::firings))
         .route("/rules/{id}/enable", post(rules::enable))
         .route("/rules/{id}/disable", post(rules::disable))
+        .route("/transports", get(transports::list))
+        .route("/gateways", get(transports::gateways))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))

@@ -15,6 +15,8 @@ use prometheus_client::{
 
 use hub_twin::Twin;
 
+use crate::HostTransports;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: u16,
@@ -37,6 +39,38 @@ pub struct Metrics {
     updates_rejected: Gauge,
     apply_conflicts: Gauge,
     plugins: Arc<Mutex<Vec<PluginInfo>>>,
+    transports: Arc<Mutex<Vec<TransportSnapshot>>>,
+}
+
+/// One host transport's counters, read at each scrape.
+#[derive(Debug)]
+struct TransportSnapshot {
+    name: String,
+    counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// Host transport counters as one family, `hub_transport_events_total{transport="coap",counter="requests_in"}`:
+/// each transport names its own counters, so one family with a label keeps the exposition open to new ones.
+#[derive(Debug)]
+struct TransportCollector(Arc<Mutex<Vec<TransportSnapshot>>>);
+
+impl Collector for TransportCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let transports = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut family = encoder.encode_descriptor(
+            "transport_events",
+            "Host transport counters (datagrams, requests, drops by cause, ...), by transport and counter",
+            None,
+            MetricType::Counter,
+        )?;
+        for transport in transports.iter() {
+            for (counter, value) in &transport.counters {
+                let labels = [("transport", transport.name.as_str()), ("counter", counter.as_str())];
+                ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Per-plugin counters, read from the runtime's snapshot at each scrape, labelled `plugin="<id>"`.
@@ -117,6 +151,7 @@ impl Metrics {
             updates_rejected: Gauge::default(),
             apply_conflicts: Gauge::default(),
             plugins: Arc::default(),
+            transports: Arc::default(),
             registry: Registry::default(),
         };
         registry.register("http_responses", "HTTP responses by status", m.responses.clone());
@@ -138,6 +173,7 @@ impl Metrics {
             m.apply_conflicts.clone(),
         );
         registry.register_collector(Box::new(PluginCollector(m.plugins.clone())));
+        registry.register_collector(Box::new(TransportCollector(m.transports.clone())));
         Metrics { registry, ..m }
     }
 
@@ -147,8 +183,12 @@ impl Metrics {
 
     /// Renders the OpenMetrics text exposition, refreshing the gauges read from the twin and the plugin counters
     /// from `plugins` (the runtime's `list()`).
-    pub fn render(&self, twin: &Twin, plugins: Vec<PluginInfo>) -> String {
+    pub fn render(&self, twin: &Twin, plugins: Vec<PluginInfo>, transports: &HostTransports) -> String {
         *self.plugins.lock().unwrap_or_else(PoisonError::into_inner) = plugins;
+        *self.transports.lock().unwrap_or_else(PoisonError::into_inner) = transports
+            .iter()
+            .map(|t| TransportSnapshot { name: t.name().to_owned(), counters: t.counters() })
+            .collect();
         let (providers, resources) = twin.counts();
         self.providers.set(providers as i64);
         self.resources.set(resources as i64);

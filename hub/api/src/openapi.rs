@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{ingest, plugins, providers, rules, streams, system};
+use crate::{ingest, plugins, providers, rules, streams, system, transports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,7 +14,7 @@ use crate::{ingest, plugins, providers, rules, streams, system};
         ingest::ingest, streams::sse, streams::ws,
         system::create_token, system::list_tokens, system::delete_token,
         system::get_policy, system::put_policy, system::check_policy,
-        system::healthz, system::metrics, system::openapi_json,
+        system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
         plugins::start, plugins::stop, plugins::remove,
         rules::validate, rules::list, rules::deploy, rules::get_one, rules::firings, rules::enable, rules::disable,

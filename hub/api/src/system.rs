@@ -225,7 +225,7 @@ pub async fn healthz(State(state): State<AppState>, caller: Caller) -> Result<Js
 pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     authorize(&state, &caller, "system:metrics", Action::Read)?;
     Ok(text(
-        state.metrics.render(&state.twin, state.plugins.list()),
+        state.metrics.render(&state.twin, state.plugins.list(), &state.transports),
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     ))
 }

@@ -54,6 +54,7 @@ impl Hub {
             twin,
             policy,
             plugins,
+            transports: Default::default(),
             tokens: Arc::new(TokenRegistry::new()),
             metrics: Arc::new(Metrics::new()),
             limits: ApiLimits { max_body_bytes: 64 * 1024, ..ApiLimits::default() },

@@ -4,8 +4,9 @@
 //! `rules`), validates new ones against the live twin, feeds the engine every committed update from the bus
 //! (off the ingest path: a slow rule or webhook never slows ingest), ticks it for `for` durations and
 //! schedules, and executes each firing's actions as the subject `rule:<id>`, through the policy: SET and ACT
-//! through the twin, webhooks by HTTP POST with retries and backoff, events published on the bus. Every rule
-//! keeps its counters, its last error and its recent firings with the values that made it fire.
+//! through the twin, webhooks by HTTP POST with retries and backoff, events published on the bus, and `call`
+//! through the [`AppRunner`] the binary gives it (the plugin runtime, running rule apps). Every rule keeps its
+//! counters, its last error, its last app result and its recent firings with the values that made it fire.
 //!
 //! Window state, `for` clocks and hysteresis start empty after a restart; current values are seeded from the
 //! twin so conditions on them are known at once.
@@ -16,10 +17,12 @@ use std::{
     time::Duration,
 };
 
+use async_trait::async_trait;
 use hub_bus::{Change, Received};
-use hub_model::{ResourcePath, Timestamp, Update};
+use hub_model::{Timestamp, Update};
+use hub_plugin_sdk::abi::{CallRequest, CallTrigger};
 use hub_policy::{Action as Permission, PolicyEngine, Principal};
-use hub_rules::{Action, Diagnostic, Engine, Firing, Rule, RuleError, RuleStats, Severity};
+use hub_rules::{Action, Cause, Diagnostic, Engine, Firing, Rule, RuleError, RuleStats, Severity};
 use hub_twin::{ActError, Twin, TwinError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -53,6 +56,19 @@ pub enum AutomationError {
     Storage(#[from] hub_store::StoreError),
 }
 
+/// Runs rule apps (plugins of kind `app`) for `call` actions. The binary implements it over the plugin runtime.
+#[async_trait]
+pub trait AppRunner: Send + Sync + 'static {
+    /// Calls app `app` with `request`; the app's result, or why not. `Refused` is final (no such app, bad
+    /// parameters); `Timeout` and `Failed` are retried like a failed ACT.
+    async fn call(&self, app: &str, request: CallRequest) -> Result<Value, ActError>;
+}
+
+/// The policy object a rule needs `act` on to call app `app`: `plugin:<app>`.
+pub fn app_object(app: &str) -> String {
+    hub_policy::objects::plugin(app)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredRule {
     source: String,
@@ -73,12 +89,15 @@ pub struct RuleInfo {
     pub action_failures: u64,
     /// The last action error.
     pub last_error: Option<String>,
+    /// The last result a rule app returned to a `call` of this rule: `{"app", "result", "at"}`.
+    pub last_result: Option<Value>,
 }
 
 #[derive(Default)]
 struct Record {
     action_failures: u64,
     last_error: Option<String>,
+    last_result: Option<Value>,
     firings: VecDeque<Value>,
 }
 
@@ -88,6 +107,7 @@ struct Inner {
     twin: Arc<Twin>,
     policy: Arc<PolicyEngine>,
     http: reqwest::Client,
+    apps: std::sync::OnceLock<Arc<dyn AppRunner>>,
 }
 
 /// The running automation. Cheap to clone.
@@ -147,12 +167,19 @@ impl Automation {
                 twin: twin.clone(),
                 policy,
                 http,
+                apps: std::sync::OnceLock::new(),
             }),
         };
         let (tx, rx) = mpsc::channel(ACTION_QUEUE);
         tokio::spawn(automation.clone().evaluate(tx, cancel.clone()));
         tokio::spawn(automation.clone().execute(rx, cancel));
         Ok(automation)
+    }
+
+    /// Gives the automation the runner of rule apps (once; later calls are ignored). Until then, `call`
+    /// actions fail with a clear error.
+    pub fn set_apps(&self, runner: Arc<dyn AppRunner>) {
+        let _ = self.inner.apps.set(runner);
     }
 
     /// Checks a rule source against the live model and the deployed rules (a deployed rule of the same name is
@@ -258,6 +285,7 @@ impl Automation {
             stats,
             action_failures: record.map_or(0, |r| r.action_failures),
             last_error: record.and_then(|r| r.last_error.clone()),
+            last_result: record.and_then(|r| r.last_result.clone()),
         })
     }
 
@@ -339,8 +367,9 @@ impl Automation {
             };
             let rule = firing.rule.to_string();
             let subject = Principal::new(format!("rule:{rule}"), Vec::new());
+            let context = FiringContext::of(&firing);
             for action in firing.actions {
-                if let Err(e) = self.perform(&rule, &subject, action).await {
+                if let Err(e) = self.perform(&rule, &subject, &context, action).await {
                     self.failed(&rule, e);
                 }
             }
@@ -350,27 +379,38 @@ impl Automation {
         }
     }
 
-    fn allowed(&self, subject: &Principal, path: &ResourcePath, permission: Permission) -> Result<(), String> {
-        if self.inner.policy.check(subject, &path.to_string(), permission) {
+    fn allowed(&self, subject: &Principal, object: &str, permission: Permission) -> Result<(), String> {
+        if self.inner.policy.check(subject, object, permission) {
             Ok(())
         } else {
-            Err(format!("{} may not {permission} {path} (grant it in the policy)", subject.subject))
+            Err(format!("{} may not {permission} {object} (grant it in the policy)", subject.subject))
         }
     }
 
-    async fn perform(&self, rule: &str, subject: &Principal, action: Action) -> Result<(), String> {
+    async fn perform(
+        &self,
+        rule: &str,
+        subject: &Principal,
+        context: &FiringContext,
+        action: Action,
+    ) -> Result<(), String> {
         match action {
-            Action::Set { ref path, .. } | Action::Act { ref path, .. } => {
-                let permission = if matches!(action, Action::Set { .. }) { Permission::Write } else { Permission::Act };
-                self.allowed(subject, path, permission)?;
-                match self.apply(&action).await {
+            Action::Set { .. } | Action::Act { .. } | Action::Call { .. } => {
+                match &action {
+                    Action::Set { path, .. } => self.allowed(subject, &path.to_string(), Permission::Write)?,
+                    Action::Act { path, .. } => self.allowed(subject, &path.to_string(), Permission::Act)?,
+                    Action::Call { app, .. } => self.allowed(subject, &app_object(app.as_str()), Permission::Act)?,
+                    _ => {}
+                }
+                let request = Request { rule: rule.to_string(), context: context.clone(), action };
+                match self.apply(&request).await {
                     Ok(()) => Ok(()),
                     Err(e) if transient(&e) => {
                         // Retried in its own task with backoff: the next firings do not wait for this one.
-                        let (this, rule) = (self.clone(), rule.to_string());
+                        let this = self.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = this.retry(&action, e).await {
-                                this.failed(&rule, e);
+                            if let Err(e) = this.retry(&request, e).await {
+                                this.failed(&request.rule, e);
                             }
                         });
                         Ok(())
@@ -397,22 +437,39 @@ impl Automation {
                 });
                 Ok(())
             }
-            Action::Call { app, .. } => Err(format!("rule apps are not available yet (call {app})")),
         }
     }
 
-    /// Carries out a SET or an ACT once.
-    async fn apply(&self, action: &Action) -> Result<(), TwinError> {
-        match action {
+    /// Carries out a SET, an ACT or a call once.
+    async fn apply(&self, request: &Request) -> Result<(), TwinError> {
+        match &request.action {
             Action::Set { path, value } => self.inner.twin.set(path.clone(), value.clone()).await.map(drop),
             Action::Act { path, params } => self.inner.twin.act(path.clone(), params.clone()).await.map(drop),
+            Action::Call { app, params } => {
+                let runner = self.inner.apps.get().ok_or_else(|| {
+                    TwinError::Act(ActError::Refused("rule apps are not available in this hub".to_owned()))
+                })?;
+                let call = CallRequest {
+                    rule: request.rule.clone(),
+                    params: params.clone(),
+                    bindings: request.context.bindings.clone(),
+                    trigger: request.context.trigger.clone(),
+                    now_us: Timestamp::now().as_micros(),
+                };
+                let result = runner.call(app.as_str(), call).await.map_err(TwinError::Act)?;
+                let mut records = lock(&self.inner.records);
+                let record = records.entry(request.rule.clone()).or_default();
+                record.last_result =
+                    Some(json!({"app": app.as_str(), "result": result, "at": Timestamp::now().to_string()}));
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
-    /// Retries a SET or an ACT whose first attempt failed transiently, `DEFAULT_RETRIES` more times with a
-    /// doubling delay from 200 ms; a permanent failure ends the retries at once.
-    async fn retry(&self, action: &Action, first: TwinError) -> Result<(), String> {
+    /// Retries a SET, an ACT or a call whose first attempt failed transiently, `DEFAULT_RETRIES` more times with
+    /// a doubling delay from 200 ms; a permanent failure ends the retries at once.
+    async fn retry(&self, action: &Request, first: TwinError) -> Result<(), String> {
         let mut delay = Duration::from_millis(200);
         let mut last = first;
         for _ in 0..DEFAULT_RETRIES {
@@ -443,6 +500,36 @@ impl Automation {
         }
         Err(format!("webhook failed after {} attempts: {last}", retries + 1))
     }
+}
+
+/// What a `call` tells the app about the firing besides its parameters.
+#[derive(Debug, Clone, Default)]
+struct FiringContext {
+    bindings: std::collections::BTreeMap<String, String>,
+    trigger: Option<CallTrigger>,
+}
+
+impl FiringContext {
+    fn of(firing: &Firing) -> FiringContext {
+        FiringContext {
+            bindings: firing
+                .bindings
+                .iter()
+                .map(|(k, v)| (k.trim_start_matches('$').to_owned(), v.to_string()))
+                .collect(),
+            trigger: match &firing.cause {
+                Cause::Update { path, value } => Some(CallTrigger { path: path.to_string(), value: value.clone() }),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A SET, ACT or call to carry out (and maybe retry) for a rule.
+struct Request {
+    rule: String,
+    context: FiringContext,
+    action: Action,
 }
 
 /// Whether a SET or ACT failure may pass: the owner timed out or failed, none is registered yet (an adapter

@@ -20,6 +20,9 @@ use hub_policy::{DEFAULT_POLICY, PolicyEngine, TokenInfo, TokenRegistry};
 use hub_store::{Aggregate, Rollup, SqliteOptions, SqliteStore, Store, Synchronous};
 use hub_twin::{RetentionPolicy, Twin};
 use tokio_util::sync::CancellationToken;
+use transports::{HostSide, TransportConfigs};
+
+mod transports;
 
 /// How long shutdown may take before the hub exits anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -66,6 +69,12 @@ struct ServeArgs {
     /// Listen address of the embedded MQTT broker (overrides mqtt.broker.listen).
     #[arg(long)]
     mqtt_listen: Option<SocketAddr>,
+    /// UDP listen address of the CoAP endpoint (overrides coap.listen).
+    #[arg(long)]
+    coap_listen: Option<SocketAddr>,
+    /// UDP listen address for LoRa gateways speaking GWMP (overrides gwmp.listen).
+    #[arg(long)]
+    gwmp_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -177,23 +186,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { config } => {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
             let parsed = Config::from_toml(&text)?;
-            mqtt_config(&parsed)?.validate()?;
+            TransportConfigs::of(&parsed)?;
             official_adapters(&parsed)?;
             println!("{}: valid", config.display());
             Ok(())
         }
     }
-}
-
-/// The `[mqtt]` section, parsed with the transport's schema; errors name their `mqtt.` key.
-fn mqtt_config(config: &Config) -> Result<hub_transport_mqtt::MqttConfig> {
-    let value = toml::Value::Table(config.mqtt.clone());
-    let parsed: hub_transport_mqtt::MqttConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        anyhow::anyhow!("invalid configuration:\n  - mqtt.{path}: {inner}")
-    })?;
-    Ok(parsed)
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config> {
@@ -211,16 +209,19 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         config.storage.data_dir = dir.clone();
     }
     config.validate()?;
-    let mut mqtt = mqtt_config(&config)?;
+    let mut transports = TransportConfigs::of(&config)?;
     if let Some(listen) = args.mqtt_listen {
-        mqtt.broker.listen = listen;
+        transports.mqtt.broker.listen = listen;
     }
-    mqtt.validate()?;
-    // Keep the effective MQTT settings (with the flag applied) in the config the hub runs with.
-    config.mqtt = toml::Value::try_from(&mqtt)
-        .ok()
-        .and_then(|v| v.as_table().cloned())
-        .ok_or_else(|| anyhow::anyhow!("mqtt: cannot represent the effective configuration"))?;
+    if let Some(listen) = args.coap_listen {
+        transports.coap.listen = listen;
+    }
+    if let Some(listen) = args.gwmp_listen {
+        transports.gwmp.listen = listen;
+    }
+    transports.validate()?;
+    // Keep the effective settings (with the flags applied) in the config the hub runs with.
+    transports.store_into(&mut config)?;
     Ok(config)
 }
 
@@ -290,17 +291,19 @@ async fn serve(config: Config) -> Result<()> {
         policy.clone(),
         transports.clone(),
     );
-    let mqtt = start_mqtt(&mqtt_config(&config)?, &tokens, &transports, &plugins).await?;
+    let host = HostSide::start(&TransportConfigs::of(&config)?, &tokens, &policy, &transports, &plugins).await?;
     for (id, outcome) in plugins.load_installed().await {
         match outcome {
             Ok(info) => tracing::info!(plugin = %id, state = %info.state, "plugin loaded"),
             Err(e) => tracing::error!(plugin = %id, "plugin not loaded: {e}"),
         }
     }
-    install_official(&plugins, official_adapters(&config)?).await;
+    install_official(&plugins, official_adapters(&config)?, host.ports()).await;
+    host.refresh_links(&plugins);
 
     let cancel = CancellationToken::new();
     let automation = hub_automation::Automation::start(twin.clone(), policy.clone(), cancel.clone()).await?;
+    automation.set_apps(Arc::new(RuleApps(plugins.clone())));
     let state = AppState {
         automation,
         twin: twin.clone(),
@@ -313,6 +316,7 @@ async fn serve(config: Config) -> Result<()> {
             request_timeout: config.http.request_timeout,
         },
         plugins: plugins.clone(),
+        transports: host.status(),
         shutdown: cancel.clone(),
     };
     let retention = tokio::spawn(retention_loop(
@@ -349,7 +353,7 @@ async fn serve(config: Config) -> Result<()> {
     cancel.cancel();
     let finish = async {
         let _ = retention.await;
-        mqtt.shutdown().await;
+        host.shutdown().await;
         plugins.shutdown(Duration::from_secs(5)).await;
         store.close().await
     };
@@ -380,93 +384,58 @@ fn official_adapters(config: &Config) -> Result<Vec<&'static hub_adapters::Offic
 }
 
 /// Installs each official adapter that is missing (with its default grant), and upgrades each whose installed
-/// module differs from the built-in one (keeping its grant, configuration and state). A failure is logged and
-/// leaves the hub running: the other plugins and the API do not depend on it.
-async fn install_official(plugins: &hub_runtime::PluginHost, adapters: Vec<&'static hub_adapters::Official>) {
+/// module differs from the built-in one or whose requested UDP ports are not this hub's GWMP port (keeping its
+/// grant, moved to the new port, its configuration and state). A failure is logged and leaves the hub running:
+/// the other plugins and the API do not depend on it.
+async fn install_official(
+    plugins: &hub_runtime::PluginHost,
+    adapters: Vec<&'static hub_adapters::Official>,
+    ports: hub_adapters::HostPorts,
+) {
     for adapter in adapters {
-        let outcome = match plugins.get(adapter.id) {
-            None => plugins.install(adapter.manifest, adapter.wasm.to_vec(), adapter.default_grant(), None).await,
-            Some(info) if info.sha256 != adapter.sha256 => {
-                plugins.upgrade(adapter.id, adapter.manifest, adapter.wasm.to_vec(), None).await
-            }
-            Some(_) => continue,
+        let outcome = match official_manifest(adapter, ports) {
+            Err(e) => Err(e),
+            Ok((manifest, requested)) => match plugins.get(adapter.id) {
+                None => plugins
+                    .install(&manifest, adapter.wasm.to_vec(), adapter.default_grant(ports), None)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Some(info) if info.sha256 != adapter.sha256 || info.requested != requested => {
+                    let grant = adapter.regrant(&info.granted, ports);
+                    plugins.upgrade(adapter.id, &manifest, adapter.wasm.to_vec(), Some(grant)).await.map_err(Into::into)
+                }
+                Some(_) => continue,
+            },
         };
         match outcome {
             Ok(info) => tracing::info!(plugin = adapter.id, version = %info.version, "official adapter installed"),
-            Err(e) => tracing::error!(plugin = adapter.id, "official adapter not installed: {e}"),
+            Err(e) => tracing::error!(plugin = adapter.id, "official adapter not installed: {e:#}"),
         }
     }
 }
 
-/// Devices authenticate to the embedded broker with an API token as the password (any username).
-struct TokenDeviceAuth(Arc<TokenRegistry>);
-
-impl hub_transport_mqtt::DeviceAuth for TokenDeviceAuth {
-    fn check(&self, _username: &str, password: &str) -> Option<String> {
-        self.0.authenticate(password, Timestamp::now().as_micros()).ok().map(|p| p.subject)
-    }
+/// An official adapter's manifest for this hub, and the capabilities it requests.
+fn official_manifest(
+    adapter: &hub_adapters::Official,
+    ports: hub_adapters::HostPorts,
+) -> Result<(String, hub_runtime::Capabilities)> {
+    let text = adapter.manifest_for(ports).map_err(anyhow::Error::msg)?;
+    let requested = hub_runtime::Manifest::parse(&text)?.capabilities;
+    Ok((text, requested))
 }
 
-/// The running MQTT side: the embedded broker, the bridges, and the task that hands what they receive to the
-/// plugin runtime.
-struct Mqtt {
-    broker: Option<Arc<hub_transport_mqtt::EmbeddedBroker>>,
-    bridges: Vec<Arc<hub_transport_mqtt::Bridge>>,
-    pump: tokio::task::JoinHandle<()>,
-}
+/// Rule apps are plugins of kind `app`, run by the plugin runtime.
+struct RuleApps(hub_runtime::PluginHost);
 
-impl Mqtt {
-    async fn shutdown(self) {
-        for bridge in &self.bridges {
-            bridge.shutdown().await;
-        }
-        if let Some(broker) = &self.broker {
-            broker.shutdown();
-        }
-        self.pump.abort();
+#[async_trait::async_trait]
+impl hub_automation::AppRunner for RuleApps {
+    async fn call(
+        &self,
+        app: &str,
+        request: hub_plugin_sdk::abi::CallRequest,
+    ) -> Result<serde_json::Value, hub_twin::ActError> {
+        self.0.call_app(app, request).await
     }
-}
-
-/// Most MQTT messages waiting for the plugin runtime; a full queue slows the sockets down.
-const MQTT_INBOUND_QUEUE: usize = 1024;
-
-async fn start_mqtt(
-    config: &hub_transport_mqtt::MqttConfig,
-    tokens: &Arc<TokenRegistry>,
-    transports: &Arc<hub_runtime::Transports>,
-    plugins: &hub_runtime::PluginHost,
-) -> Result<Mqtt> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<hub_plugin_sdk::abi::InboundMessage>(MQTT_INBOUND_QUEUE);
-    let mut outbound = hub_transport_mqtt::MqttOutbound::new();
-    let broker = if config.broker.enabled {
-        let broker = hub_transport_mqtt::EmbeddedBroker::start(
-            &config.broker,
-            Arc::new(TokenDeviceAuth(tokens.clone())),
-            tx.clone(),
-        )
-        .await?;
-        tracing::info!(listen = %broker.local_addr(), anonymous = broker.anonymous_allowed(), "embedded MQTT broker");
-        let broker = Arc::new(broker);
-        outbound = outbound.with_embedded(broker.clone());
-        Some(broker)
-    } else {
-        None
-    };
-    let mut bridges = Vec::new();
-    for bridge_config in &config.bridges {
-        let bridge = Arc::new(hub_transport_mqtt::Bridge::start(bridge_config, tx.clone())?);
-        outbound = outbound.with_bridge(bridge.clone());
-        bridges.push(bridge);
-    }
-    transports.register("mqtt", Arc::new(outbound));
-    let plugins = plugins.clone();
-    // Awaiting dispatch here is what carries back-pressure from slow plugins to the sockets.
-    let pump = tokio::spawn(async move {
-        while let Some(message) = rx.recv().await {
-            plugins.dispatch(message).await;
-        }
-    });
-    Ok(Mqtt { broker, bridges, pump })
 }
 
 /// On first start (no token at all) creates an admin token, prints it once and writes it to

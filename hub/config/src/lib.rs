@@ -40,6 +40,12 @@ pub struct Config {
     /// MQTT: `[mqtt.broker]` (the embedded broker) and `[[mqtt.bridges]]` (external brokers). Its schema lives
     /// with the transport (`hub-transport-mqtt`); the binary validates it before start, naming `mqtt.` keys.
     pub mqtt: toml::Table,
+    /// CoAP: the endpoint devices send to, the client that observes device resources (`[[coap.observe]]`), and
+    /// its limits. Schema in `hub-transport-coap`; validated by the binary, naming `coap.` keys.
+    pub coap: toml::Table,
+    /// LoRa gateways over the Semtech packet-forwarder protocol (GWMP, UDP). Schema in `hub-transport-gwmp`;
+    /// validated by the binary, naming `gwmp.` keys.
+    pub gwmp: toml::Table,
     /// Plugins.
     pub plugins: PluginsConfig,
 }
@@ -49,14 +55,14 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// The official adapters (built into the binary) to install at start when missing, and to upgrade when the
-    /// installed module differs from the built-in one. Default `["mqtt"]`. An adapter dropped from the list is
+    /// installed module differs from the built-in one. Default `["mqtt", "coap", "lorawan"]`. An adapter dropped from the list is
     /// left as it is (stop or remove it through the API). The binary checks the names.
     pub official: Vec<String>,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        PluginsConfig { official: vec!["mqtt".into()] }
+        PluginsConfig { official: vec!["mqtt".into(), "coap".into(), "lorawan".into()] }
     }
 }
 

@@ -64,9 +64,12 @@ pub const DEFAULT_POLICY: &str = "\
 # g, alice, operators
 
 p, admin, *, *
-# The official MQTT adapter (installed by `hub serve`, see `plugins.official`) writes the providers its devices
-# publish for; narrow this line, or its grant, to confine it.
+# The official adapters (installed by `hub serve`, see `plugins.official`) write the providers their devices
+# report for; narrow these lines, or their grants, to confine them. CoAP devices are also checked themselves:
+# a device token needs `write` on the provider it posts to.
 p, plugin:mqtt, *, write
+p, plugin:coap, *, write
+p, plugin:lorawan, lora-*, write
 ";
 
 /// How many decisions a snapshot caches before it starts over.

@@ -11,6 +11,8 @@ pub const TOKENS: &str = "tokens";
 pub const SYSTEM_HEALTH: &str = "system:health";
 /// The metrics endpoint.
 pub const SYSTEM_METRICS: &str = "system:metrics";
+/// The host transports' status and the LoRa gateways list.
+pub const SYSTEM_TRANSPORTS: &str = "system:transports";
 /// The OpenAPI document.
 pub const SYSTEM_OPENAPI: &str = "system:openapi";
 

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use hub_model::{Name, ProviderDoc, ResourcePath, Timestamp, Update};
 use hub_plugin_sdk::abi::{
-    ActRequest, ActResponse, InboundMessage, InitRequest, LogLevel, MessageBatch, Output, TickRequest, exports,
+    ActRequest, ActResponse, CallRequest, InboundMessage, InitRequest, LogLevel, MessageBatch, Output, TickRequest,
+    exports,
 };
 use hub_policy::{Action, Principal};
 use hub_twin::{ActError, TwinError};
@@ -46,7 +47,19 @@ pub(crate) enum Control {
     Stop(oneshot::Sender<()>),
     /// Swap in a new version (or configuration). The old instance keeps running if the new one fails to start.
     Replace(Box<Loaded>, oneshot::Sender<Result<(), RuntimeError>>),
-    Act(ActRequest, oneshot::Sender<Result<serde_json::Value, ActError>>),
+    Act(Invocation, oneshot::Sender<Result<serde_json::Value, ActError>>),
+}
+
+/// Whether a model document declares an action resource.
+fn declares_actions(doc: &ProviderDoc) -> bool {
+    doc.services.values().flat_map(|s| s.resources.values()).any(|r| r.kind == Some(hub_model::ResourceKind::Action))
+}
+
+/// A request that answers with an [`ActResponse`]: an ACT on a resource the plugin owns, or a rule's call of a
+/// rule app.
+pub(crate) enum Invocation {
+    Act(ActRequest),
+    Call(CallRequest),
 }
 
 /// What everyone may read about a plugin while its driver runs.
@@ -240,13 +253,27 @@ impl Driver {
         let state = self.state.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             let result = module.start(&request);
-            // Writes made by `init` are kept only if it succeeded.
-            let _ = with_state(&state, |s| if result.is_ok() { drop(s.commit()) } else { s.discard() });
-            result
+            // Writes made by `init` are kept only if it succeeded, and then made durable like a call's.
+            let changes = with_state(&state, |s| {
+                if result.is_ok() {
+                    s.commit()
+                } else {
+                    s.discard();
+                    BTreeMap::new()
+                }
+            });
+            (result, changes)
         })
         .await;
         match outcome {
-            Ok(result) => result,
+            Ok((result, changes)) => {
+                match changes {
+                    Ok(changes) if !changes.is_empty() => self.persist_state(changes).await,
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable"),
+                }
+                result
+            }
             Err(e) => Err(CallFailure { kind: FailureKind::Start, message: format!("start task failed: {e}") }),
         }
     }
@@ -396,13 +423,16 @@ impl Driver {
         }
     }
 
-    async fn act(&mut self, request: ActRequest) -> Result<serde_json::Value, ActError> {
+    async fn act(&mut self, request: Invocation) -> Result<serde_json::Value, ActError> {
         let state = self.shared.state();
         if state != PluginState::Running {
             return Err(ActError::Failed(format!("plugin {} is {state}", self.shared.id)));
         }
-        let now = request.now_us;
-        match self.call::<ActRequest, ActResponse>(exports::ON_ACT, request).await {
+        let (now, response) = match request {
+            Invocation::Act(r) => (r.now_us, self.call::<ActRequest, ActResponse>(exports::ON_ACT, r).await),
+            Invocation::Call(r) => (r.now_us, self.call::<CallRequest, ActResponse>(exports::ON_CALL, r).await),
+        };
+        match response {
             Ok(ActResponse::Done { result, output }) => {
                 self.apply(output, now).await;
                 Ok(result)
@@ -420,6 +450,23 @@ impl Driver {
         }
     }
 
+    /// Makes this plugin the ACT owner of `provider`, whose actions it just declared: an exact name beats every
+    /// granted glob, so when two adapters may both write `*`, ACT reaches the one that declared the action.
+    /// Remembered in the store, so it holds across restarts.
+    async fn claim_actions(&self, provider: &str) {
+        let id = &self.shared.id;
+        if self.host.declared.get(provider).is_some_and(|owner| owner.value() == id) {
+            return;
+        }
+        if let Err(e) = self.host.twin.store().put_record(crate::ACT_OWNERS_NAMESPACE, provider, id).await {
+            tracing::warn!(plugin = %id, provider, "the ACT owner is not remembered across restarts: {e}");
+        }
+        self.host.declared.insert(provider.to_owned(), id.clone());
+        if let Some(handler) = self.host.act_handlers.get(id) {
+            self.host.twin.act_registry().register(hub_model::Glob::new(provider), handler.value().clone());
+        }
+    }
+
     /// Applies one call's output: logs, model documents, updates, outbound messages, each checked against the
     /// grant and the policy. Refusals are counted and logged (once per call), never fatal.
     async fn apply(&self, output: Output, fallback_us: i64) {
@@ -434,8 +481,11 @@ impl Driver {
             let doc = serde_json::from_value::<ProviderDoc>(model.model);
             match (Name::new(&model.provider), doc) {
                 (Ok(name), Ok(doc)) if self.may_write(grant, name.as_str()) => {
-                    if let Err(e) = self.host.twin.put_provider(name, &doc).await {
-                        rejected.push(format!("model {}: {e}", model.provider));
+                    let declares_actions = declares_actions(&doc);
+                    match self.host.twin.put_provider(name.clone(), &doc).await {
+                        Ok(_) if declares_actions => self.claim_actions(name.as_str()).await,
+                        Ok(_) => {}
+                        Err(e) => rejected.push(format!("model {}: {e}", model.provider)),
                     }
                 }
                 (Ok(_), Ok(_)) => rejected.push(format!("model {}: outside the granted providers", model.provider)),

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use base64::Engine as _;
 use hub_model::{ResourcePath, Timestamp};
-use hub_plugin_sdk::abi::{ActRequest, InboundMessage};
+use hub_plugin_sdk::abi::{ActRequest, CallRequest, InboundMessage};
 use hub_twin::{ActError, ActHandler};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Capabilities, HostConfig, HostShared, PluginInfo, PluginState, RuntimeError, Subscription, Transports,
+    Capabilities, HostConfig, HostShared, PluginInfo, PluginKind, PluginState, RuntimeError, Subscription, Transports,
     capability::CompiledGrant,
-    driver::{Control, Driver, Loaded, SlotShared},
+    driver::{Control, Driver, Invocation, Loaded, SlotShared},
     instance::{Module, SharedState, StateCell},
     manifest::Manifest,
     stats::Counters,
@@ -99,7 +99,14 @@ impl PluginHost {
     ) -> PluginHost {
         PluginHost {
             inner: Arc::new(Inner {
-                shared: Arc::new(HostShared { config, twin, policy, transports }),
+                shared: Arc::new(HostShared {
+                    config,
+                    twin,
+                    policy,
+                    transports,
+                    declared: Default::default(),
+                    act_handlers: Default::default(),
+                }),
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 admin: tokio::sync::Mutex::new(()),
                 cancel: CancellationToken::new(),
@@ -122,6 +129,12 @@ impl PluginHost {
     /// directory's id and whether it loaded; one bad plugin does not stop the others.
     pub async fn load_installed(&self) -> Vec<(String, Result<PluginInfo, RuntimeError>)> {
         let _admin = self.inner.admin.lock().await;
+        match self.inner.shared.twin.store().records(crate::ACT_OWNERS_NAMESPACE).await {
+            Ok(owners) => owners.into_iter().for_each(|(provider, id)| {
+                self.inner.shared.declared.insert(provider, id);
+            }),
+            Err(e) => tracing::error!("the declared ACT owners are unreadable; ACT falls back to grants: {e}"),
+        }
         let dir = self.config().plugins_dir();
         let mut ids = Vec::new();
         match tokio::fs::read_dir(&dir).await {
@@ -408,7 +421,25 @@ impl PluginHost {
         let (tx, rx) = oneshot::channel();
         let exchange = async {
             slot.control
-                .send(Control::Act(request, tx))
+                .send(Control::Act(Invocation::Act(request), tx))
+                .await
+                .map_err(|_| ActError::Failed("plugin removed".into()))?;
+            rx.await.map_err(|_| ActError::Failed("plugin removed".into()))?
+        };
+        tokio::time::timeout(self.config().act_timeout, exchange).await.map_err(|_| ActError::Timeout)?
+    }
+
+    /// Runs a rule's `call` of the rule app `id` (a plugin of kind `app`): its result, or why not. No such
+    /// plugin, or one that is not an app, is `Refused`; a stopped or failing app is `Failed` (worth a retry).
+    pub async fn call_app(&self, id: &str, request: CallRequest) -> Result<Value, ActError> {
+        let slot = self.slot(id).map_err(|_| ActError::Refused(format!("no rule app {id} is installed")))?;
+        if slot.shared.loaded.load().manifest.kind != PluginKind::App {
+            return Err(ActError::Refused(format!("plugin {id} is an adapter, not a rule app (kind \"app\")")));
+        }
+        let (tx, rx) = oneshot::channel();
+        let exchange = async {
+            slot.control
+                .send(Control::Act(Invocation::Call(request), tx))
                 .await
                 .map_err(|_| ActError::Failed("plugin removed".into()))?;
             rx.await.map_err(|_| ActError::Failed("plugin removed".into()))?
@@ -567,12 +598,18 @@ impl PluginHost {
         for glob in grant.provider_globs() {
             registry.register(glob.clone(), handler.clone());
         }
+        let id = &slot.shared.id;
+        for entry in self.inner.shared.declared.iter().filter(|e| e.value() == id && grant.may_write(e.key())) {
+            registry.register(hub_model::Glob::new(entry.key()), handler.clone());
+        }
+        self.inner.shared.act_handlers.insert(id.clone(), handler.clone());
         *slot.act_owner.lock().unwrap_or_else(PoisonError::into_inner) = Some(handler);
     }
 
     fn unregister_act(&self, slot: &Slot) {
         if let Some(handler) = slot.act_owner.lock().unwrap_or_else(PoisonError::into_inner).take() {
             self.inner.shared.twin.act_registry().unregister(&handler);
+            self.inner.shared.act_handlers.remove_if(&slot.shared.id, |_, h| Arc::ptr_eq(h, &handler));
         }
     }
 

@@ -170,7 +170,15 @@ pub(crate) struct HostShared {
     pub twin: Arc<hub_twin::Twin>,
     pub policy: Arc<hub_policy::PolicyEngine>,
     pub transports: Arc<Transports>,
+    /// Which plugin declared each provider's actions (provider → plugin id); kept in the store under
+    /// [`ACT_OWNERS_NAMESPACE`] so that ACT keeps reaching the declaring plugin after a restart.
+    pub declared: dashmap::DashMap<String, String>,
+    /// Each running plugin's ACT handler, by plugin id (so a declaration can register it for one provider).
+    pub act_handlers: dashmap::DashMap<String, Arc<dyn hub_twin::ActHandler>>,
 }
+
+/// The store namespace of declared ACT owners: key = provider, body = plugin id.
+pub const ACT_OWNERS_NAMESPACE: &str = "plugin-act-owners";
 
 /// Everything the API shows about one plugin.
 #[derive(Debug, Clone, Serialize)]
