@@ -177,14 +177,7 @@ pub(crate) mod dispatch {
         state: &mut dyn StateStore,
         request: ActRequest,
     ) -> ActResponse {
-        let mut ctx = Context::new(plugin_id, request.now_us, state);
-        let mut output = Output::new();
-        let answer = adapter.on_act(&mut ctx, &request, &mut output);
-        output.logs.extend(ctx.take_logs());
-        match answer {
-            Ok(result) => ActResponse::Done { result, output },
-            Err(reason) => ActResponse::Refused { reason, output },
-        }
+        respond(plugin_id, request.now_us, state, |ctx, out| adapter.on_act(ctx, &request, out))
     }
 
     pub(crate) fn call<A: Adapter>(
@@ -193,9 +186,19 @@ pub(crate) mod dispatch {
         state: &mut dyn StateStore,
         request: CallRequest,
     ) -> ActResponse {
-        let mut ctx = Context::new(plugin_id, request.now_us, state);
+        respond(plugin_id, request.now_us, state, |ctx, out| adapter.on_call(ctx, &request, out))
+    }
+
+    /// Runs a request that answers with a result and effects (`on_act`, `on_call`).
+    fn respond(
+        plugin_id: &str,
+        now_us: i64,
+        state: &mut dyn StateStore,
+        handle: impl FnOnce(&mut Context<'_>, &mut Output) -> Result<Value, String>,
+    ) -> ActResponse {
+        let mut ctx = Context::new(plugin_id, now_us, state);
         let mut output = Output::new();
-        let answer = adapter.on_call(&mut ctx, &request, &mut output);
+        let answer = handle(&mut ctx, &mut output);
         output.logs.extend(ctx.take_logs());
         match answer {
             Ok(result) => ActResponse::Done { result, output },

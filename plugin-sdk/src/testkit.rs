@@ -120,52 +120,38 @@ impl<A: Adapter> TestKit<A> {
         resource: &str,
         params: Value,
     ) -> Result<(Value, Output), (String, Output)> {
-        let params = match params {
-            Value::Object(map) => map,
-            Value::Null => serde_json::Map::new(),
-            other => panic!("ACT parameters must be a JSON object, got {other}"),
-        };
         let request = ActRequest {
             provider: provider.to_owned(),
             service: service.to_owned(),
             resource: resource.to_owned(),
-            params,
+            params: object(params, "ACT parameters"),
             now_us: self.now_us,
         };
         let (adapter, id) = (&mut self.adapter, self.plugin_id.clone());
-        let response = transactional(&mut self.state, |state| {
-            round_trip(&dispatch::act(adapter, &id, state, round_trip(&request)?))
-        })
-        .unwrap_or_else(|e| panic!("on_act failed: {e}"));
-        match response {
-            ActResponse::Done { result, output } => Ok((result, output)),
-            ActResponse::Refused { reason, output } => Err((reason, output)),
-        }
+        answer(
+            transactional(&mut self.state, |state| {
+                round_trip(&dispatch::act(adapter, &id, state, round_trip(&request)?))
+            })
+            .unwrap_or_else(|e| panic!("on_act failed: {e}")),
+        )
     }
 
     /// Calls `on_call` as rule `rule` would, with `params` (a JSON object) and no trigger.
     pub fn call(&mut self, rule: &str, params: Value) -> Result<(Value, Output), (String, Output)> {
-        let params = match params {
-            Value::Object(map) => map,
-            Value::Null => serde_json::Map::new(),
-            other => panic!("call parameters must be a JSON object, got {other}"),
-        };
         let request = CallRequest {
             rule: rule.to_owned(),
-            params,
+            params: object(params, "call parameters"),
             bindings: Default::default(),
             trigger: None,
             now_us: self.now_us,
         };
         let (adapter, id) = (&mut self.adapter, self.plugin_id.clone());
-        let response = transactional(&mut self.state, |state| {
-            round_trip(&dispatch::call(adapter, &id, state, round_trip(&request)?))
-        })
-        .unwrap_or_else(|e| panic!("on_call failed: {e}"));
-        match response {
-            ActResponse::Done { result, output } => Ok((result, output)),
-            ActResponse::Refused { reason, output } => Err((reason, output)),
-        }
+        answer(
+            transactional(&mut self.state, |state| {
+                round_trip(&dispatch::call(adapter, &id, state, round_trip(&request)?))
+            })
+            .unwrap_or_else(|e| panic!("on_call failed: {e}")),
+        )
     }
 
     /// Calls `on_tick`.
@@ -203,6 +189,23 @@ impl<A: Adapter> TestKit<A> {
 }
 
 /// Runs `f` on a copy of the state and keeps the copy only if `f` succeeds, as the host does.
+/// Parameters as a JSON object (`null` is none); anything else is a mistake in the test.
+fn object(params: Value, what: &str) -> serde_json::Map<String, Value> {
+    match params {
+        Value::Object(map) => map,
+        Value::Null => serde_json::Map::new(),
+        other => panic!("{what} must be a JSON object, got {other}"),
+    }
+}
+
+/// An ACT or call response as the test sees it.
+fn answer(response: ActResponse) -> Result<(Value, Output), (String, Output)> {
+    match response {
+        ActResponse::Done { result, output } => Ok((result, output)),
+        ActResponse::Refused { reason, output } => Err((reason, output)),
+    }
+}
+
 fn transactional<T>(
     state: &mut MemoryState,
     f: impl FnOnce(&mut MemoryState) -> Result<T, String>,

@@ -94,6 +94,9 @@ pub enum DiagCode {
     Conflict,
     /// Resources matched by one wildcard path have different types.
     MixedTypes,
+    /// `call` of a rule app the hub does not have (warning: it may be installed later). The engine does not
+    /// know the installed apps; the hub adds this diagnostic.
+    UnknownApp,
 }
 
 impl DiagCode {
@@ -120,6 +123,7 @@ impl DiagCode {
             DiagCode::FeedbackLoop => "feedback-loop",
             DiagCode::Conflict => "conflict",
             DiagCode::MixedTypes => "mixed-types",
+            DiagCode::UnknownApp => "unknown-app",
         }
     }
 }

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod stream;
+
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
@@ -205,6 +207,12 @@ impl HubProcess {
         panic!("{path} never became {value}; last seen: {last}");
     }
 
+    /// `GET /api/v1/metrics` as admin: the OpenMetrics text.
+    pub async fn metrics(&self) -> String {
+        let res = client().get(format!("{}/api/v1/metrics", self.base)).bearer_auth(&self.admin).send().await;
+        res.expect("GET /metrics").text().await.expect("the metrics text")
+    }
+
     /// Opens `GET /api/v1/events` with `query` (e.g. `provider=noise-1`) as admin.
     pub async fn events(&self, query: &str) -> reqwest::Response {
         let res = reqwest::Client::new()
@@ -288,6 +296,33 @@ pub async fn sse_until(response: reqwest::Response, needle: &str) -> String {
     })
     .await
     .unwrap_or_else(|_| panic!("no SSE event with {needle} in time"))
+}
+
+/// Runs lora-packet (npm; an independent LoRaWAN implementation, through the GWMP tests' `lora.js`) on a batch
+/// of requests (see that script for the operations); one answer per request. Panics with the install command
+/// when it is missing.
+pub fn lora_packet(requests: &Value) -> Vec<Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hub/transport-gwmp/tests/lora-packet");
+    assert!(
+        dir.join("node_modules/lora-packet/package.json").is_file(),
+        "this needs the npm package lora-packet; run `npm ci --prefix hub/transport-gwmp/tests/lora-packet` \
+         (with Node.js: `apt-get install -y nodejs npm`)"
+    );
+    let mut child = Command::new("node")
+        .arg("lora.js")
+        .current_dir(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting node (apt-get install -y nodejs)");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("node's stdin");
+        stdin.write_all(requests.to_string().as_bytes()).expect("writing to lora.js");
+    }
+    let out = child.wait_with_output().expect("lora.js output");
+    assert!(out.status.success(), "lora.js failed");
+    serde_json::from_slice(&out.stdout).expect("lora.js answers JSON")
 }
 
 /// An HTTP client with a timeout on every request.

@@ -86,15 +86,7 @@ async fn devices_post_readings_to_hub_serve_and_tokens_are_checked_against_the_p
     assert_eq!(coap_status["listen"], format!("127.0.0.1:{}", hub.coap_port), "{transports}");
     assert!(coap_status["counters"]["changed"].as_u64().unwrap() >= 3, "{coap_status}");
     assert!(coap_status["counters"]["forbidden"].as_u64().unwrap() >= 1, "{coap_status}");
-    let metrics = client()
-        .get(format!("{}/api/v1/metrics", hub.base))
-        .bearer_auth(&hub.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(metrics.contains(r#"hub_transport_events_total{transport="coap",counter="changed"}"#), "{metrics}");
     assert!(metrics.contains(r#"hub_plugin_updates_total{plugin="coap"}"#), "{metrics}");
 }

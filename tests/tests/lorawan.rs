@@ -3,43 +3,16 @@
 //! implementation) and sent by a gateway simulated over UDP; downlinks come back as PULL_RESP. A restart on
 //! another port keeps the device's frame counter, so a replayed frame stays refused.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use base64::Engine as _;
-use hub_e2e::{HubProcess, Launch, client, sse_until};
+use hub_e2e::{HubProcess, Launch, client, lora_packet, sse_until};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 
 const NWK_S_KEY: &str = "44024241ed4ce9a68c6a8bc055233fd3";
 const APP_S_KEY: &str = "ec925802ae430ca77fd3dd73cb2cc588";
 const DEVICE: &str = "lora-0004a30b001c0531";
-
-fn peer_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../hub/transport-gwmp/tests/lora-packet")
-}
-
-/// Runs lora-packet (through the GWMP tests' `lora.js`) on a batch of requests.
-fn lora_packet(requests: &Value) -> Vec<Value> {
-    assert!(
-        peer_dir().join("node_modules/lora-packet/package.json").is_file(),
-        "these tests need the npm package lora-packet; run `npm ci --prefix hub/transport-gwmp/tests/lora-packet` \
-         (needs Node.js: `apt-get install -y nodejs npm`)"
-    );
-    let mut child = std::process::Command::new("node")
-        .arg("lora.js")
-        .current_dir(peer_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("starting node (apt-get install -y nodejs)");
-    {
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(requests.to_string().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "lora.js failed");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn uplink(fcnt: u32, payload: &str, confirmed: bool) -> Vec<u8> {
     let answer = lora_packet(&json!([{"op": "uplink", "dev_addr": "26011bda", "fcnt": fcnt, "fport": 2,
@@ -137,15 +110,7 @@ async fn gateways_deliver_lora_packet_frames_to_hub_serve_and_downlinks_come_bac
     assert_eq!(gateways[0]["eui"], "aa555a0000000001", "{gateways}");
     assert_eq!(gateways[0]["rx_ok"], 1, "{gateways}");
     assert_eq!(gateways[0]["downlink_ready"], true, "{gateways}");
-    let metrics = client()
-        .get(format!("{}/api/v1/metrics", hub.base))
-        .bearer_auth(&hub.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     assert!(metrics.contains(r#"hub_transport_events_total{transport="udp",counter="delivered"} 1"#), "{metrics}");
 
     // ACT queues a downlink; the next confirmed uplink gets it in RX1, which lora-packet decrypts.

@@ -132,7 +132,20 @@ async fn a_rule_calls_a_wasm_rule_app_through_the_policy() {
     let policy = "p, admin, *, *\np, rule:wrong, plugin:*, act\np, rule:missing, plugin:*, act\n";
     assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     deploy(&hub, "wrong", "rule wrong\n  on update noise-5/sound/level\n  then call mqtt(x = 1)\nend\n").await;
-    deploy(&hub, "missing", "rule missing\n  on update noise-5/sound/level\n  then call nothere(x = 1)\nend\n").await;
+    let missing = "rule missing\n  on update noise-5/sound/level\n  then call nothere(x = 1)\nend\n";
+    let checked = client()
+        .post(format!("{}/api/v1/rules/validate", hub.base))
+        .bearer_auth(&hub.admin)
+        .header("content-type", "text/plain")
+        .body(missing)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(checked.contains("unknown-app") && checked.contains("nothere"), "the checker warns: {checked}");
+    deploy(&hub, "missing", missing).await;
     assert_eq!(hub.post("/api/v1/ingest", &ingest(101)).await.unwrap().0, 200);
     for (id, needle) in [("wrong", "not a rule app"), ("missing", "no rule app nothere")] {
         let mut error = String::new();

@@ -62,6 +62,9 @@ pub trait AppRunner: Send + Sync + 'static {
     /// Calls app `app` with `request`; the app's result, or why not. `Refused` is final (no such app, bad
     /// parameters); `Timeout` and `Failed` are retried like a failed ACT.
     async fn call(&self, app: &str, request: CallRequest) -> Result<Value, ActError>;
+
+    /// Whether `app` is an installed rule app (for the checker's `unknown-app` warning).
+    fn is_app(&self, app: &str) -> bool;
 }
 
 /// The policy object a rule needs `act` on to call app `app`: `plugin:<app>`.
@@ -196,7 +199,28 @@ impl Automation {
         let providers = self.inner.twin.providers(|_| true);
         let engine = lock(&self.inner.engine);
         let deployed: Vec<Rule> = engine.rules().filter(|d| !rules.iter().any(|r| r.name == d.name)).cloned().collect();
-        hub_rules::check(rules, &providers, &deployed)
+        let mut diagnostics = hub_rules::check(rules, &providers, &deployed);
+        diagnostics.extend(self.check_apps(rules));
+        diagnostics
+    }
+
+    /// An `unknown-app` warning for each `call` of an app this hub does not run.
+    fn check_apps(&self, rules: &[Rule]) -> Vec<Diagnostic> {
+        let runner = self.inner.apps.get();
+        let calls = rules.iter().flat_map(|r| r.then.iter().chain(&r.otherwise)).filter_map(|a| match &a.kind {
+            hub_rules::ActionKind::Call { app, app_span, .. } => Some((app, *app_span)),
+            _ => None,
+        });
+        calls
+            .filter(|(app, _)| !runner.is_some_and(|r| r.is_app(app.as_str())))
+            .map(|(app, span)| {
+                Diagnostic::warning(
+                    hub_rules::DiagCode::UnknownApp,
+                    span,
+                    format!("no rule app `{app}` is installed (a plugin of kind \"app\"); the call fails until one is"),
+                )
+            })
+            .collect()
     }
 
     /// Validates and deploys (or replaces) the rule `id`. The source must hold exactly one rule named `id`.

@@ -329,6 +329,13 @@ async fn serve(config: Config) -> Result<()> {
     let (providers, resources) = twin.counts();
     tracing::info!(listen = %config.http.listen, data_dir = %data_dir.display(), providers, resources, "hub serving");
     let app = hub_api::router(state);
+    // Streams write many small events: without TCP_NODELAY, Nagle's algorithm holds each one back until the
+    // client acknowledges the previous, which its delayed ACK can put off for up to 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY not set on a connection: {e}");
+        }
+    });
     let server_cancel = cancel.clone();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(server_cancel.cancelled_owned()).await
@@ -435,6 +442,10 @@ impl hub_automation::AppRunner for RuleApps {
         request: hub_plugin_sdk::abi::CallRequest,
     ) -> Result<serde_json::Value, hub_twin::ActError> {
         self.0.call_app(app, request).await
+    }
+
+    fn is_app(&self, app: &str) -> bool {
+        self.0.get(app).is_some_and(|p| p.kind == hub_runtime::PluginKind::App)
     }
 }
 
