@@ -386,21 +386,17 @@ impl Driver {
         result
     }
 
+    /// Makes one call's state changes durable, all in one store transaction.
     async fn persist_state(&self, changes: BTreeMap<String, Option<Vec<u8>>>) {
         let namespace = crate::state_namespace(self.id());
-        let store = self.host.twin.store();
-        for (key, value) in changes {
-            let result = match value {
-                Some(bytes) => {
-                    let body = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    store.put_record(&namespace, &key, &body).await
-                }
-                None => store.delete_record(&namespace, &key).await.map(|_| ()),
-            };
-            if let Err(e) = result {
-                Counters::add(&self.shared.counters.errors, 1);
-                tracing::error!(plugin = %self.shared.id, key, error = %e, "persisting plugin state failed");
-            }
+        let count = changes.len();
+        let changes = changes
+            .into_iter()
+            .map(|(key, value)| (key, value.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))))
+            .collect();
+        if let Err(e) = self.host.twin.store().write_records(&namespace, changes).await {
+            Counters::add(&self.shared.counters.errors, 1);
+            tracing::error!(plugin = %self.shared.id, keys = count, error = %e, "persisting plugin state failed");
         }
     }
 

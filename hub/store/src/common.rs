@@ -33,10 +33,10 @@ pub(crate) enum Command {
     PutToken(TokenRecord, Ack<()>),
     DeleteToken(String, Ack<bool>),
     SavePolicy(String, Ack<()>),
-    PutRecord {
+    /// Record puts (`Some(body)`) and deletes (`None`) of one namespace, applied in one transaction.
+    WriteRecords {
         namespace: String,
-        key: String,
-        body: String,
+        changes: Vec<(String, Option<String>)>,
         ack: Ack<()>,
     },
     DeleteRecord {
@@ -84,7 +84,7 @@ pub(crate) fn refuse(command: Command) {
         Command::Append(_, ack)
         | Command::PutToken(_, ack)
         | Command::SavePolicy(_, ack)
-        | Command::PutRecord { ack, .. }
+        | Command::WriteRecords { ack, .. }
         | Command::Close(ack) => {
             let _ = ack.send(Err(StoreError::Closed));
         }

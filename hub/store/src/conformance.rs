@@ -70,6 +70,7 @@ macro_rules! conformance_tests {
             tokens_put_list_delete,
             policy_save_and_load,
             records_put_list_delete,
+            records_written_together,
             concurrent_appends_are_durable,
             bad_batch_fails_alone,
             closed_store_refuses_writes,
@@ -664,6 +665,29 @@ pub async fn records_put_list_delete(h: Arc<dyn Harness>) {
     let store = open(&h).await;
     assert_eq!(store.records("rules").await.unwrap().len(), 1);
     assert_eq!(store.records("plugins").await.unwrap().len(), 1);
+    store.close().await.unwrap();
+}
+
+/// Several record changes of one namespace apply in order, in one write, and survive a reopen.
+pub async fn records_written_together(h: Arc<dyn Harness>) {
+    let store = open(&h).await;
+    store.put_record("plugin-state:p", "gone", "x").await.unwrap();
+    store.put_record("other", "k", "untouched").await.unwrap();
+    let changes = vec![
+        ("a".to_string(), Some("1".to_string())),
+        ("b".to_string(), Some("2".to_string())),
+        ("gone".to_string(), None),
+        ("a".to_string(), Some("1, then 3".to_string())),
+        ("never".to_string(), None),
+    ];
+    store.write_records("plugin-state:p", changes).await.unwrap();
+    store.write_records("plugin-state:p", Vec::new()).await.unwrap();
+    let want = vec![("a".to_string(), "1, then 3".to_string()), ("b".to_string(), "2".to_string())];
+    assert_eq!(store.records("plugin-state:p").await.unwrap(), want);
+    store.close().await.unwrap();
+    let store = open(&h).await;
+    assert_eq!(store.records("plugin-state:p").await.unwrap(), want);
+    assert_eq!(store.records("other").await.unwrap(), vec![("k".to_string(), "untouched".to_string())]);
     store.close().await.unwrap();
 }
 

@@ -258,7 +258,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a small named document under `namespace` and `key`, replacing any previous one. Other parts of the
     /// hub keep their durable records here (deployed rules, installed plugins, plugin state).
-    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError>;
+    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
+        self.write_records(namespace, vec![(key.to_owned(), Some(body.to_owned()))]).await
+    }
+
+    /// Applies several changes to the records of `namespace` in one durable transaction, in order: `Some(body)`
+    /// stores the record under its key, `None` deletes it. All of them or none are applied (a plugin's state
+    /// changes of one call, for example).
+    async fn write_records(&self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError>;
 
     /// Every record of a namespace as `(key, body)`, ordered by key.
     async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError>;

@@ -493,8 +493,8 @@ impl Writer {
                 let result = deadline!(self, self.save_policy(&text));
                 let _ = ack.send(self.after(result));
             }
-            Command::PutRecord { namespace, key, body, ack } => {
-                let result = deadline!(self, self.put_record(&namespace, &key, &body));
+            Command::WriteRecords { namespace, changes, ack } => {
+                let result = deadline!(self, self.write_records(&namespace, &changes));
                 let _ = ack.send(self.after(result));
             }
             Command::DeleteRecord { namespace, key, ack } => {
@@ -614,17 +614,24 @@ impl Writer {
         Ok(deleted > 0)
     }
 
-    async fn put_record(&mut self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
+    async fn write_records(&mut self, namespace: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
+        let tx = client.transaction().await.map_err(pg)?;
+        let put = tx
+            .prepare(
                 "INSERT INTO records (namespace, key, body) VALUES ($1, $2, $3) \
                  ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
-                &[&namespace, &key, &body],
             )
             .await
             .map_err(pg)?;
-        Ok(())
+        let delete = tx.prepare("DELETE FROM records WHERE namespace = $1 AND key = $2").await.map_err(pg)?;
+        for (key, body) in changes {
+            match body {
+                Some(body) => tx.execute(&put, &[&namespace, key, body]).await.map_err(pg)?,
+                None => tx.execute(&delete, &[&namespace, key]).await.map_err(pg)?,
+            };
+        }
+        tx.commit().await.map_err(pg)
     }
 
     async fn delete_record(&mut self, namespace: &str, key: &str) -> Result<bool, StoreError> {
@@ -814,9 +821,9 @@ impl Store for PostgresStore {
         self.writer.call(|ack| Command::SavePolicy(text, ack)).await
     }
 
-    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
-        let (namespace, key, body) = (namespace.to_owned(), key.to_owned(), body.to_owned());
-        self.writer.call(|ack| Command::PutRecord { namespace, key, body, ack }).await
+    async fn write_records(&self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError> {
+        let namespace = namespace.to_owned();
+        self.writer.call(|ack| Command::WriteRecords { namespace, changes, ack }).await
     }
 
     async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError> {

@@ -477,13 +477,8 @@ impl Writer {
                 );
                 let _ = ack.send(result.map(|_| ()).map_err(db));
             }
-            Command::PutRecord { namespace, key, body, ack } => {
-                let result = self.conn.execute(
-                    "INSERT INTO records (namespace, key, body) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
-                    [namespace, key, body],
-                );
-                let _ = ack.send(result.map(|_| ()).map_err(db));
+            Command::WriteRecords { namespace, changes, ack } => {
+                let _ = ack.send(self.write_records(&namespace, changes));
             }
             Command::DeleteRecord { namespace, key, ack } => {
                 let result =
@@ -493,6 +488,26 @@ impl Writer {
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
+    }
+
+    fn write_records(&mut self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        {
+            let mut put = tx
+                .prepare_cached(
+                    "INSERT INTO records (namespace, key, body) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
+                )
+                .map_err(db)?;
+            let mut delete = tx.prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2").map_err(db)?;
+            for (key, body) in changes {
+                match body {
+                    Some(body) => put.execute([namespace, key.as_str(), body.as_str()]).map_err(db)?,
+                    None => delete.execute([namespace, key.as_str()]).map_err(db)?,
+                };
+            }
+        }
+        tx.commit().map_err(db)
     }
 
     fn delete_provider(&mut self, provider: &Name) -> Result<bool, StoreError> {
@@ -801,9 +816,9 @@ impl Store for SqliteStore {
         self.writer.call(|ack| Command::SavePolicy(text, ack)).await
     }
 
-    async fn put_record(&self, namespace: &str, key: &str, body: &str) -> Result<(), StoreError> {
-        let (namespace, key, body) = (namespace.to_owned(), key.to_owned(), body.to_owned());
-        self.writer.call(|ack| Command::PutRecord { namespace, key, body, ack }).await
+    async fn write_records(&self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError> {
+        let namespace = namespace.to_owned();
+        self.writer.call(|ack| Command::WriteRecords { namespace, changes, ack }).await
     }
 
     async fn records(&self, namespace: &str) -> Result<Vec<(String, String)>, StoreError> {
