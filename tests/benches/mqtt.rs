@@ -47,6 +47,9 @@ fn options(addr: SocketAddr, role: &str) -> MqttOptions {
 /// A publisher whose event loop runs in its own task.
 async fn publisher(addr: SocketAddr, role: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let (client, mut event_loop) = AsyncClient::new(options(addr, role), 4096);
+    // Like the MQTT clients devices use, send each publish at once: with Nagle's algorithm a small publish waits
+    // for the broker's (delayed) ACK of the previous one, which puts tens of milliseconds into the latencies.
+    event_loop.network_options.set_tcp_nodelay(true);
     let driver = tokio::spawn(async move { while event_loop.poll().await.is_ok() {} });
     (client, driver)
 }

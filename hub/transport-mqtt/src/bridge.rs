@@ -109,6 +109,8 @@ impl Bridge {
         }
         let (client, mut eventloop) = AsyncClient::new(options, config.request_queue);
         eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT_SECS);
+        // Commands are small publishes: send each at once rather than wait for the broker's delayed ACK.
+        eventloop.network_options.set_tcp_nodelay(true);
 
         let state = Arc::new(State::default());
         let cancel = CancellationToken::new();
