@@ -15,6 +15,7 @@ use hub_plugin_sdk::abi::{
     exports,
 };
 use hub_policy::{Action, Principal};
+use hub_store::RecordWrite;
 use hub_twin::{ActError, TwinError};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
@@ -87,6 +88,8 @@ pub(crate) struct Driver {
     failures: VecDeque<Instant>,
     next_restart: Option<tokio::time::Instant>,
     principal: Principal,
+    /// The state changes of the last successful call, committed with that call's updates by `apply`.
+    pending_state: BTreeMap<String, Option<Vec<u8>>>,
 }
 
 impl Driver {
@@ -110,6 +113,7 @@ impl Driver {
             failures: VecDeque::new(),
             next_restart: None,
             principal,
+            pending_state: BTreeMap::new(),
         }
     }
 
@@ -268,8 +272,7 @@ impl Driver {
         match outcome {
             Ok((result, changes)) => {
                 match changes {
-                    Ok(changes) if !changes.is_empty() => self.persist_state(changes).await,
-                    Ok(_) => {}
+                    Ok(changes) => self.persist_state(self.state_records(changes)).await,
                     Err(e) => tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable"),
                 }
                 result
@@ -379,25 +382,39 @@ impl Driver {
             }
         });
         match persisted {
-            Ok(changes) if !changes.is_empty() => self.persist_state(changes).await,
-            Ok(_) => {}
+            // Made durable by `apply`, in the same transaction as the call's updates.
+            Ok(changes) => self.pending_state = changes,
             Err(e) => tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable"),
         }
         result
     }
 
-    /// Makes one call's state changes durable, all in one store transaction.
-    async fn persist_state(&self, changes: BTreeMap<String, Option<Vec<u8>>>) {
+    /// Makes state changes durable on their own, all in one store transaction (those of `init`, and those of
+    /// a call whose output carries no update to commit them with).
+    async fn persist_state(&self, changes: Vec<RecordWrite>) {
+        if changes.is_empty() {
+            return;
+        }
         let namespace = crate::state_namespace(self.id());
         let count = changes.len();
-        let changes = changes
-            .into_iter()
-            .map(|(key, value)| (key, value.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))))
-            .collect();
+        let changes = changes.into_iter().map(|r| (r.key, r.body)).collect();
         if let Err(e) = self.host.twin.store().write_records(&namespace, changes).await {
             Counters::add(&self.shared.counters.errors, 1);
             tracing::error!(plugin = %self.shared.id, keys = count, error = %e, "persisting plugin state failed");
         }
+    }
+
+    /// State changes as store records of this plugin's state namespace (values in base64).
+    fn state_records(&self, changes: BTreeMap<String, Option<Vec<u8>>>) -> Vec<RecordWrite> {
+        let namespace = crate::state_namespace(self.id());
+        changes
+            .into_iter()
+            .map(|(key, value)| RecordWrite {
+                namespace: namespace.clone(),
+                key,
+                body: value.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
+            })
+            .collect()
     }
 
     async fn process_batch(&mut self, messages: Vec<InboundMessage>) {
@@ -406,7 +423,10 @@ impl Driver {
         let fallback = messages.last().map(|m| m.received_us).unwrap_or_else(|| Timestamp::now().as_micros());
         let batch = MessageBatch { now_us: Timestamp::now().as_micros(), messages };
         match self.call::<MessageBatch, Output>(exports::ON_MESSAGES, batch).await {
-            Ok(output) => self.apply(output, fallback).await,
+            Ok(output) => {
+                let state = std::mem::take(&mut self.pending_state);
+                self.apply(output, fallback, state).await
+            }
             Err(f) => self.record_failure(f),
         }
     }
@@ -414,7 +434,10 @@ impl Driver {
     async fn tick(&mut self) {
         let now = Timestamp::now().as_micros();
         match self.call::<TickRequest, Output>(exports::ON_TICK, TickRequest { now_us: now }).await {
-            Ok(output) => self.apply(output, now).await,
+            Ok(output) => {
+                let state = std::mem::take(&mut self.pending_state);
+                self.apply(output, now, state).await
+            }
             Err(f) => self.record_failure(f),
         }
     }
@@ -430,11 +453,13 @@ impl Driver {
         };
         match response {
             Ok(ActResponse::Done { result, output }) => {
-                self.apply(output, now).await;
+                let state = std::mem::take(&mut self.pending_state);
+                self.apply(output, now, state).await;
                 Ok(result)
             }
             Ok(ActResponse::Refused { reason, output }) => {
-                self.apply(output, now).await;
+                let state = std::mem::take(&mut self.pending_state);
+                self.apply(output, now, state).await;
                 Err(ActError::Refused(reason))
             }
             Err(f) => {
@@ -465,7 +490,7 @@ impl Driver {
 
     /// Applies one call's output: logs, model documents, updates, outbound messages, each checked against the
     /// grant and the policy. Refusals are counted and logged (once per call), never fatal.
-    async fn apply(&self, output: Output, fallback_us: i64) {
+    async fn apply(&self, output: Output, fallback_us: i64, state: BTreeMap<String, Option<Vec<u8>>>) {
         let counters = &self.shared.counters;
         let loaded = self.shared.loaded.load_full();
         let grant = &loaded.grant;
@@ -514,7 +539,7 @@ impl Driver {
             let timestamp = Timestamp::from_micros(u.timestamp_us.unwrap_or(fallback_us));
             updates.push(Update { path, value: u.value, timestamp });
         }
-        self.ingest(updates, &mut rejected).await;
+        self.ingest(updates, self.state_records(state), &mut rejected).await;
 
         for message in output.outbound {
             if !grant.may_send(&message.transport, &message.address) {
@@ -545,10 +570,12 @@ impl Driver {
 
     /// Ingests the updates; an update the twin refuses (wrong type, wrong kind) is dropped and the rest retried,
     /// so one bad value does not cost the batch.
-    async fn ingest(&self, mut updates: Vec<Update>, rejected: &mut Vec<String>) {
+    /// Ingests the call's updates with its state changes in one commit. An invalid update is dropped (and the
+    /// rest retried); when no update is left, or the ingest fails otherwise, the state is written on its own.
+    async fn ingest(&self, mut updates: Vec<Update>, state: Vec<RecordWrite>, rejected: &mut Vec<String>) {
         while !updates.is_empty() {
             let n = updates.len() as u64;
-            match self.host.twin.ingest(updates.clone()).await {
+            match self.host.twin.ingest_with_records(updates.clone(), state.clone()).await {
                 Ok(_) => {
                     Counters::add(&self.shared.counters.updates, n);
                     return;
@@ -560,10 +587,11 @@ impl Driver {
                 Err(e) => {
                     Counters::add(&self.shared.counters.errors, 1);
                     rejected.push(format!("{n} updates: {e}"));
-                    return;
+                    break;
                 }
             }
         }
+        self.persist_state(state).await;
     }
 
     fn write_logs(&self, output: &Output) {

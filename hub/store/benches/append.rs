@@ -49,7 +49,7 @@ fn batches(paths: &[ResourcePath], total: usize) -> Vec<WriteBatch> {
             })
             .collect();
         n += updates.len();
-        out.push(WriteBatch { declarations: Vec::new(), updates: updates.into() });
+        out.push(WriteBatch { declarations: Vec::new(), updates: updates.into(), records: Vec::new() });
     }
     out
 }

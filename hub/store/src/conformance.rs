@@ -18,8 +18,8 @@ use hub_model::{MetaEntry, Name, Provider, Resource, ResourceKind, ResourcePath,
 use serde_json::{Value, json};
 
 use crate::{
-    Aggregate, Bucket, DownsampleQuery, HistoryQuery, Order, Point, RetentionOutcome, Rollup, Store, StoreError,
-    TokenRecord, WriteBatch,
+    Aggregate, Bucket, DownsampleQuery, HistoryQuery, Order, Point, RecordWrite, RetentionOutcome, Rollup, Store,
+    StoreError, TokenRecord, WriteBatch,
 };
 
 /// How the suite reaches one backend's storage.
@@ -71,6 +71,7 @@ macro_rules! conformance_tests {
             policy_save_and_load,
             records_put_list_delete,
             records_written_together,
+            records_commit_with_updates,
             concurrent_appends_are_durable,
             bad_batch_fails_alone,
             closed_store_refuses_writes,
@@ -104,7 +105,7 @@ fn update(p: &str, value: Value, micros: i64) -> Update {
 }
 
 fn updates(list: Vec<Update>) -> WriteBatch {
-    WriteBatch { declarations: Vec::new(), updates: list.into() }
+    WriteBatch { declarations: Vec::new(), updates: list.into(), records: Vec::new() }
 }
 
 fn declaration(p: &str, kind: ResourceKind, value_type: ValueType) -> (ResourcePath, Resource) {
@@ -186,7 +187,10 @@ pub async fn append_and_load_round_trip(h: Arc<dyn Harness>) {
         update("site.a/extra/label", json!("hello"), 1_450),
         update("site.a/extra/shape", json!([1, 2, {"x": null}]), 1_460),
     ];
-    store.append(WriteBatch { declarations: declarations.clone(), updates: first.clone().into() }).await.unwrap();
+    store
+        .append(WriteBatch { declarations: declarations.clone(), updates: first.clone().into(), records: Vec::new() })
+        .await
+        .unwrap();
     let second = vec![
         update("site.a/env.v2/temp.c", json!(22), 2_000),
         // The hub maintains last_seen itself; a stored one would be ignored on load.
@@ -199,6 +203,7 @@ pub async fn append_and_load_round_trip(h: Arc<dyn Harness>) {
         .append(WriteBatch {
             declarations: vec![(path("site.a/env.v2/temp.c"), redeclared.clone())],
             updates: second.clone().into(),
+            records: Vec::new(),
         })
         .await
         .unwrap();
@@ -438,6 +443,7 @@ pub async fn downsample_matches_computed_aggregates(h: Arc<dyn Harness>) {
         .append(WriteBatch {
             declarations: vec![declaration(n, ResourceKind::Sensor, ValueType::Integer)],
             updates: vec![update(n, json!(3), 1), update(n, json!(-4), 2), update(n, json!(10), 3)].into(),
+            records: Vec::new(),
         })
         .await
         .unwrap();
@@ -691,6 +697,32 @@ pub async fn records_written_together(h: Arc<dyn Harness>) {
     store.close().await.unwrap();
 }
 
+/// Record changes carried by a batch are committed with its updates; a batch that fails writes neither.
+pub async fn records_commit_with_updates(h: Arc<dyn Harness>) {
+    let store = open(&h).await;
+    let state = |key: &str, body: Option<&str>| RecordWrite {
+        namespace: "plugin-state:lora".into(),
+        key: key.into(),
+        body: body.map(str::to_owned),
+    };
+    store.put_record("plugin-state:lora", "old", "x").await.unwrap();
+    let mut batch = updates(vec![update("lora-1/lorawan/fcnt", json!(41), 1)]);
+    batch.records = vec![state("fcnt", Some("41")), state("old", None)];
+    store.append(batch).await.unwrap();
+    // A batch with an update that cannot be stored (no type to infer from null) fails whole.
+    let mut bad =
+        updates(vec![update("lora-1/lorawan/fcnt", json!(42), 2), update("lora-1/lorawan/x", Value::Null, 2)]);
+    bad.records = vec![state("fcnt", Some("42"))];
+    assert!(store.append(bad).await.is_err());
+    store.close().await.unwrap();
+    let store = open(&h).await;
+    assert_eq!(store.records("plugin-state:lora").await.unwrap(), vec![("fcnt".to_string(), "41".to_string())]);
+    let loaded = store.load().await.unwrap();
+    let fcnt = provider(&loaded, "lora-1").resource("lorawan", "fcnt").and_then(|r| r.value.clone());
+    assert_eq!(fcnt, Some(json!(41)));
+    store.close().await.unwrap();
+}
+
 /// Many tasks appending at once all get their batches committed, and everything is there after a reopen.
 pub async fn concurrent_appends_are_durable(h: Arc<dyn Harness>) {
     const TASKS: i64 = 16;
@@ -797,6 +829,7 @@ pub async fn reopen_keeps_state_and_history(h: Arc<dyn Harness>) {
         .append(WriteBatch {
             declarations: vec![(path("noise.12/sound/level"), unit)],
             updates: (0..50).map(|i| update("noise.12/sound/level", json!(40.0 + i as f64 / 2.0), i * 1_000)).collect(),
+            records: Vec::new(),
         })
         .await
         .unwrap();

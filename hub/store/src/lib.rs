@@ -69,6 +69,20 @@ pub struct WriteBatch {
     /// New values. Each is appended to history; the current value of a resource becomes the update with the
     /// newest timestamp (ties: the later one in the batch).
     pub updates: Arc<[Update]>,
+    /// Record changes committed in the same transaction as the updates (a plugin's state after the call that
+    /// produced them), applied in order after them.
+    pub records: Vec<RecordWrite>,
+}
+
+/// One record change inside a [`WriteBatch`]: `Some(body)` stores it, `None` deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    /// The record's namespace.
+    pub namespace: String,
+    /// Its key.
+    pub key: String,
+    /// The new body, or `None` to delete it.
+    pub body: Option<String>,
 }
 
 /// Which way a history page runs.

@@ -300,6 +300,30 @@ async fn lookup(client: &impl GenericClient, path: &ResourcePath) -> Result<Opti
     }
 }
 
+/// Stores (`Some`) or deletes (`None`) one record inside `tx`.
+async fn write_record(
+    tx: &tokio_postgres::Transaction<'_>,
+    namespace: &str,
+    key: &str,
+    body: Option<&str>,
+) -> Result<(), StoreError> {
+    match body {
+        Some(body) => tx
+            .execute(
+                "INSERT INTO records (namespace, key, body) VALUES ($1, $2, $3) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
+                &[&namespace, &key, &body],
+            )
+            .await
+            .map_err(pg)?,
+        None => tx
+            .execute("DELETE FROM records WHERE namespace = $1 AND key = $2", &[&namespace, &key])
+            .await
+            .map_err(pg)?,
+    };
+    Ok(())
+}
+
 async fn declare(
     tx: &Transaction<'_>,
     statement: &Statement,
@@ -465,6 +489,9 @@ impl Writer {
         if !rids.is_empty() {
             tx.execute(&statements.update_current, &[&rids, &tss, &vals]).await.map_err(pg)?;
         }
+        for record in batches.iter().flat_map(|b| &b.records) {
+            write_record(&tx, &record.namespace, &record.key, record.body.as_deref()).await?;
+        }
         tx.commit().await.map_err(pg)?;
         cache.extend(fresh);
         Ok(())
@@ -617,19 +644,8 @@ impl Writer {
     async fn write_records(&mut self, namespace: &str, changes: &[(String, Option<String>)]) -> Result<(), StoreError> {
         let client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        let put = tx
-            .prepare(
-                "INSERT INTO records (namespace, key, body) VALUES ($1, $2, $3) \
-                 ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
-            )
-            .await
-            .map_err(pg)?;
-        let delete = tx.prepare("DELETE FROM records WHERE namespace = $1 AND key = $2").await.map_err(pg)?;
         for (key, body) in changes {
-            match body {
-                Some(body) => tx.execute(&put, &[&namespace, key, body]).await.map_err(pg)?,
-                None => tx.execute(&delete, &[&namespace, key]).await.map_err(pg)?,
-            };
+            write_record(&tx, namespace, key, body.as_deref()).await?;
         }
         tx.commit().await.map_err(pg)
     }

@@ -448,6 +448,9 @@ impl Writer {
                 current.execute(params![val, ts, rid]).map_err(db)?;
             }
         }
+        for record in batches.iter().flat_map(|b| &b.records) {
+            write_record(&tx, &record.namespace, &record.key, record.body.as_deref())?;
+        }
         tx.commit().map_err(db)?;
         self.cache.extend(fresh);
         self.next_id = next_id;
@@ -492,20 +495,8 @@ impl Writer {
 
     fn write_records(&mut self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        {
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO records (namespace, key, body) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
-                )
-                .map_err(db)?;
-            let mut delete = tx.prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2").map_err(db)?;
-            for (key, body) in changes {
-                match body {
-                    Some(body) => put.execute([namespace, key.as_str(), body.as_str()]).map_err(db)?,
-                    None => delete.execute([namespace, key.as_str()]).map_err(db)?,
-                };
-            }
+        for (key, body) in &changes {
+            write_record(&tx, namespace, key, body.as_deref())?;
         }
         tx.commit().map_err(db)
     }
@@ -623,6 +614,24 @@ fn move_staged(conn: &Connection) -> Result<(), StoreError> {
          DELETE FROM history_recent;",
     )
     .map_err(db)
+}
+
+/// Stores (`Some`) or deletes (`None`) one record inside `tx`.
+fn write_record(tx: &Connection, namespace: &str, key: &str, body: Option<&str>) -> Result<(), StoreError> {
+    match body {
+        Some(body) => tx
+            .prepare_cached(
+                "INSERT INTO records (namespace, key, body) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (namespace, key) DO UPDATE SET body = excluded.body",
+            )
+            .and_then(|mut put| put.execute([namespace, key, body]))
+            .map_err(db)?,
+        None => tx
+            .prepare_cached("DELETE FROM records WHERE namespace = ?1 AND key = ?2")
+            .and_then(|mut delete| delete.execute([namespace, key]))
+            .map_err(db)?,
+    };
+    Ok(())
 }
 
 fn declare(conn: &Connection, path: &ResourcePath, resource: &Resource) -> Result<i64, StoreError> {

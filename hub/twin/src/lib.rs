@@ -178,6 +178,16 @@ impl Twin {
     /// Validates, persists (durably), applies and publishes a batch of data updates. Returns how many
     /// updates the caller sent that are now durable.
     pub async fn ingest(&self, updates: Vec<Update>) -> Result<usize, TwinError> {
+        self.ingest_with_records(updates, Vec::new()).await
+    }
+
+    /// [`Twin::ingest`], committing `records` in the same transaction as the updates (a plugin's state after the
+    /// call that produced them): both or neither are stored. With no updates nothing is written.
+    pub async fn ingest_with_records(
+        &self,
+        updates: Vec<Update>,
+        records: Vec<hub_store::RecordWrite>,
+    ) -> Result<usize, TwinError> {
         let sent = updates.len();
         if sent == 0 {
             return Ok(0);
@@ -185,7 +195,9 @@ impl Twin {
         let _gate = self.model_gate.read().await;
         let prepared = self.prepare(updates)?;
         let updates: Arc<[Update]> = prepared.updates.into();
-        self.store.append(WriteBatch { declarations: prepared.declarations, updates: updates.clone() }).await?;
+        self.store
+            .append(WriteBatch { declarations: prepared.declarations, updates: updates.clone(), records })
+            .await?;
         self.apply_and_publish(updates);
         Ok(sent)
     }
@@ -235,7 +247,7 @@ impl Twin {
             })
             .collect();
         let updates: Arc<[Update]> = updates.into();
-        self.store.append(WriteBatch { declarations, updates: updates.clone() }).await?;
+        self.store.append(WriteBatch { declarations, updates: updates.clone(), records: Vec::new() }).await?;
         self.providers.insert(name.clone(), next.clone());
         self.bus.publish(Change::ModelChanged(name));
         if !updates.is_empty() {
@@ -256,7 +268,9 @@ impl Twin {
         }
         let update = Update { path, value, timestamp: Timestamp::now() };
         let updates: Arc<[Update]> = Arc::from(vec![update.clone()]);
-        self.store.append(WriteBatch { declarations: Vec::new(), updates: updates.clone() }).await?;
+        self.store
+            .append(WriteBatch { declarations: Vec::new(), updates: updates.clone(), records: Vec::new() })
+            .await?;
         self.apply_and_publish(updates);
         Ok(update)
     }
