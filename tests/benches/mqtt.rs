@@ -15,12 +15,14 @@
 use std::{
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use futures::StreamExt;
-use hub_e2e::{HubProcess, Launch, client};
+use hub_e2e::{
+    HubProcess, Launch,
+    stream::{latencies, now_us, summary},
+};
 use hub_transport_mqtt::{BrokerConfig, EmbeddedBroker, StaticDeviceAuth};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
@@ -31,10 +33,6 @@ const MOSQUITTO: &str = "127.0.0.1:1883";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 fn options(addr: SocketAddr, role: &str) -> MqttOptions {
@@ -130,30 +128,11 @@ async fn throughput(hub: &HubProcess, addr: SocketAddr, messages: usize, tag: &s
 /// Publishes at `rate` per second for 5 s; publish → SSE latencies in microseconds, sorted.
 async fn latency(hub: &HubProcess, addr: SocketAddr, rate: usize, tag: &str) -> Result<Vec<i64>> {
     let provider = format!("lat-{tag}");
-    let response =
-        client().get(format!("{}/api/v1/events?provider={provider}", hub.base)).bearer_auth(&hub.admin).send().await?;
     let total = rate * 5;
-    let reader = tokio::spawn(async move {
-        let mut body = response.bytes_stream();
-        let (mut buffer, mut latencies) = (String::new(), Vec::with_capacity(total));
-        while latencies.len() < total {
-            let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(5), body.next()).await else {
-                break;
-            };
-            let received = now_us();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line: String = buffer.drain(..=end).collect();
-                if let Some(data) = line.strip_prefix("data:")
-                    && let Ok(event) = serde_json::from_str::<serde_json::Value>(data.trim())
-                    && let Some(sent) = event["value"].as_i64()
-                {
-                    latencies.push(received - sent);
-                }
-            }
-        }
-        latencies
-    });
+    let response = hub.events(&format!("provider={provider}")).await;
+    let reader = tokio::spawn(latencies(response, total, Duration::from_secs(5), |event, received| {
+        event["value"].as_i64().map(|sent| received - sent)
+    }));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (client, driver) = publisher(addr, &format!("lat-{tag}")).await;
     // Ten resources so that consecutive readings are not on one resource.
@@ -166,17 +145,9 @@ async fn latency(hub: &HubProcess, addr: SocketAddr, rate: usize, tag: &str) -> 
         }
         client.publish(&topics[i % topics.len()], QoS::AtMostOnce, false, now_us().to_string()).await?;
     }
-    let mut latencies = tokio::time::timeout(RUN_TIMEOUT, reader).await.context("latency run timeout")??;
+    let measured = tokio::time::timeout(RUN_TIMEOUT, reader).await.context("latency run timeout")??;
     driver.abort();
-    latencies.sort_unstable();
-    Ok(latencies)
-}
-
-fn percentile(sorted: &[i64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+    Ok(measured)
 }
 
 async fn run(label: &str, hub: &HubProcess, addr: SocketAddr, relay_rate: f64) -> Result<()> {
@@ -188,14 +159,12 @@ async fn run(label: &str, hub: &HubProcess, addr: SocketAddr, relay_rate: f64) -
         "{label:<26} end to end: {delivered}/{messages} applied, {per_s:>9.0} msgs/s ({:.0}% of the relay rate)",
         100.0 * per_s / relay_rate
     );
-    let latencies = latency(hub, addr, rate, tag).await?;
+    let measured = latency(hub, addr, rate, tag).await?;
     println!(
-        "{label:<26} at {rate}/s: {} of {} on the stream, publish → SSE p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        latencies.len(),
+        "{label:<26} at {rate}/s: {} of {} on the stream, publish → SSE {}",
+        measured.len(),
         rate * 5,
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
-        latencies.last().map(|&l| l as f64 / 1000.0).unwrap_or(f64::NAN),
+        summary(&measured)
     );
     let (_, info) = hub.get("/api/v1/plugins/mqtt").await?;
     println!(

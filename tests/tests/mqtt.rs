@@ -130,15 +130,7 @@ async fn the_official_adapter_maps_a_mosquitto_pub_reading_into_the_model_and_a_
     assert_eq!(info["stats"]["errors"], 0, "{info}");
 
     // The plugin's counters are in the Prometheus exposition.
-    let metrics = client()
-        .get(format!("{}/api/v1/metrics", hub.base))
-        .bearer_auth(&hub.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.metrics().await;
     let line = metrics
         .lines()
         .find(|l| l.starts_with("hub_plugin_updates_total{plugin=\"mqtt\"}"))

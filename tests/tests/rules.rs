@@ -24,15 +24,7 @@ async fn a_deployed_rule_survives_a_restart_and_fires() {
     let policy = "p, admin, *, *\np, rule:quiet, park.*, write\n";
     assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     let rule = "rule quiet\n  when park.3/sound/level > 70\n  then set park.3/sign/display = \"quiet please\"\nend\n";
-    let res = http
-        .put(format!("{}/api/v1/rules/quiet", hub.base))
-        .bearer_auth(&hub.admin)
-        .header("content-type", "text/plain")
-        .body(rule)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    deploy(&hub, "quiet", rule).await;
     assert!(hub.stop().unwrap().success());
 
     let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
@@ -58,17 +50,23 @@ async fn a_deployed_rule_survives_a_restart_and_fires() {
     assert_eq!(shown["value"], "quiet please", "the rule fired after the restart: {shown}");
 }
 
-/// Deploys `source` as rule `id`; panics with the diagnostics on failure.
-async fn deploy(hub: &HubProcess, id: &str, source: &str) {
+/// Sends rule source to `/api/v1/rules/{path}` as admin; the status and the body.
+async fn send_rule(hub: &HubProcess, method: reqwest::Method, path: &str, source: &str) -> (u16, String) {
     let res = client()
-        .put(format!("{}/api/v1/rules/{id}", hub.base))
+        .request(method, format!("{}/api/v1/rules/{path}", hub.base))
         .bearer_auth(&hub.admin)
         .header("content-type", "text/plain")
         .body(source.to_owned())
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// Deploys `source` as rule `id`; panics with the diagnostics on failure.
+async fn deploy(hub: &HubProcess, id: &str, source: &str) {
+    let (status, body) = send_rule(hub, reqwest::Method::PUT, id, source).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -133,17 +131,7 @@ async fn a_rule_calls_a_wasm_rule_app_through_the_policy() {
     assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
     deploy(&hub, "wrong", "rule wrong\n  on update noise-5/sound/level\n  then call mqtt(x = 1)\nend\n").await;
     let missing = "rule missing\n  on update noise-5/sound/level\n  then call nothere(x = 1)\nend\n";
-    let checked = client()
-        .post(format!("{}/api/v1/rules/validate", hub.base))
-        .bearer_auth(&hub.admin)
-        .header("content-type", "text/plain")
-        .body(missing)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, checked) = send_rule(&hub, reqwest::Method::POST, "validate", missing).await;
     assert!(checked.contains("unknown-app") && checked.contains("nothere"), "the checker warns: {checked}");
     deploy(&hub, "missing", missing).await;
     assert_eq!(hub.post("/api/v1/ingest", &ingest(101)).await.unwrap().0, 200);

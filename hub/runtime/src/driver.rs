@@ -1,37 +1,37 @@
 //! One plugin's driver: a tokio task that owns the plugin's instance, batches its inbound messages, runs its
-//! calls on blocking threads, applies their output, and restarts or quarantines it when calls fail.
+//! calls on blocking threads, hands their output to the plugin's [applier](crate::applier), and restarts or
+//! quarantines the plugin when calls fail.
+//!
+//! The two stages form a pipeline: the driver calls the plugin with batch N+1 while the applier commits batch N.
+//! At most [`HostConfig::pipeline_depth`](crate::HostConfig::pipeline_depth) outputs wait between them; when
+//! that many wait, the driver stops taking messages and the plugin's queue (and behind it the transports) feels
+//! the back-pressure.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
-use base64::Engine as _;
-use hub_model::{Name, ProviderDoc, ResourcePath, Timestamp, Update};
+use hub_model::Timestamp;
 use hub_plugin_sdk::abi::{
-    ActRequest, ActResponse, CallRequest, InboundMessage, InitRequest, LogLevel, MessageBatch, Output, TickRequest,
-    exports,
+    ActRequest, ActResponse, CallRequest, InboundMessage, InitRequest, MessageBatch, Output, TickRequest, exports,
 };
-use hub_policy::{Action, Principal};
-use hub_store::RecordWrite;
-use hub_twin::{ActError, TwinError};
+use hub_policy::Principal;
+use hub_twin::ActError;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     HostShared, PluginState, RuntimeError,
+    applier::{ActReply, Applied, Applier, Stage, StateChanges},
     capability::CompiledGrant,
     instance::{CallFailure, FailureKind, Instance, Module, SharedState, with_state},
     manifest::Manifest,
     stats::Counters,
 };
-
-/// The most log lines kept from one call, and the longest line.
-const MAX_LOG_LINES: usize = 64;
-const MAX_LOG_CHARS: usize = 1024;
 
 /// One installed version: manifest, compiled module, grant, configuration.
 #[derive(Clone)]
@@ -49,11 +49,6 @@ pub(crate) enum Control {
     /// Swap in a new version (or configuration). The old instance keeps running if the new one fails to start.
     Replace(Box<Loaded>, oneshot::Sender<Result<(), RuntimeError>>),
     Act(Invocation, oneshot::Sender<Result<serde_json::Value, ActError>>),
-}
-
-/// Whether a model document declares an action resource.
-fn declares_actions(doc: &ProviderDoc) -> bool {
-    doc.services.values().flat_map(|s| s.resources.values()).any(|r| r.kind == Some(hub_model::ResourceKind::Action))
 }
 
 /// A request that answers with an [`ActResponse`]: an ACT on a resource the plugin owns, or a rule's call of a
@@ -87,9 +82,9 @@ pub(crate) struct Driver {
     instance: Option<Instance>,
     failures: VecDeque<Instant>,
     next_restart: Option<tokio::time::Instant>,
-    principal: Principal,
-    /// The state changes of the last successful call, committed with that call's updates by `apply`.
-    pending_state: BTreeMap<String, Option<Vec<u8>>>,
+    /// The second stage of the pipeline: it applies call outputs in order while this driver calls on.
+    to_applier: mpsc::Sender<Stage>,
+    applier: Option<(Applier, mpsc::Receiver<Stage>)>,
 }
 
 impl Driver {
@@ -102,6 +97,10 @@ impl Driver {
         cancel: CancellationToken,
     ) -> Self {
         let principal = Principal::new(hub_policy::objects::plugin(&shared.id), Vec::new());
+        let depth = host.config.pipeline_depth.max(1);
+        let (to_applier, stages) = mpsc::channel(depth);
+        let applier =
+            Applier { shared: shared.clone(), host: host.clone(), principal, max_group: depth.saturating_add(1) };
         Driver {
             shared,
             host,
@@ -112,13 +111,9 @@ impl Driver {
             instance: None,
             failures: VecDeque::new(),
             next_restart: None,
-            principal,
-            pending_state: BTreeMap::new(),
+            to_applier,
+            applier: Some((applier, stages)),
         }
-    }
-
-    fn id(&self) -> &str {
-        &self.shared.id
     }
 
     fn set_state(&self, state: PluginState) {
@@ -127,6 +122,7 @@ impl Driver {
 
     /// Runs until the plugin is removed or the host shuts down. The plugin starts when told ([`Control::Start`]).
     pub async fn run(mut self) {
+        let applier = self.applier.take().map(|(applier, stages)| tokio::spawn(applier.run(stages)));
         let mut tick = self.tick_interval();
         loop {
             let state = self.shared.state();
@@ -158,6 +154,14 @@ impl Driver {
             }
         }
         self.instance = None;
+        // Outputs already produced are applied, not lost: a stopping hub still commits them.
+        self.flush().await;
+        drop(self);
+        if let Some(applier) = applier
+            && let Err(e) = applier.await
+        {
+            tracing::error!(error = %e, "plugin applier failed");
+        }
     }
 
     fn tick_interval(&self) -> Option<tokio::time::Interval> {
@@ -214,14 +218,16 @@ impl Driver {
                 self.next_restart = None;
                 self.set_state(PluginState::Stopped);
                 self.drop_queued();
+                self.flush().await;
                 let _ = reply.send(());
             }
             Control::Replace(loaded, reply) => {
-                let _ = reply.send(self.replace(*loaded).await);
+                let result = self.replace(*loaded).await;
+                // The old version's outputs are applied (under the grant they ran with) before the answer.
+                self.flush().await;
+                let _ = reply.send(result);
             }
-            Control::Act(request, reply) => {
-                let _ = reply.send(self.act(request).await);
-            }
+            Control::Act(request, reply) => self.act(request, reply).await,
         }
     }
 
@@ -263,7 +269,7 @@ impl Driver {
                     s.commit()
                 } else {
                     s.discard();
-                    BTreeMap::new()
+                    StateChanges::new()
                 }
             });
             (result, changes)
@@ -272,7 +278,10 @@ impl Driver {
         match outcome {
             Ok((result, changes)) => {
                 match changes {
-                    Ok(changes) => self.persist_state(self.state_records(changes)).await,
+                    Ok(changes) if !changes.is_empty() => {
+                        self.submit(Applied::state_only(changes, loaded.grant.clone())).await
+                    }
+                    Ok(_) => {}
                     Err(e) => tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable"),
                 }
                 result
@@ -336,8 +345,9 @@ impl Driver {
     }
 
     /// Runs one export on a blocking thread with the instance, under a host-side guard deadline in case the
-    /// engine's own deadline ever fails. Commits the call's state writes on success, discards them on failure.
-    async fn call<I, O>(&mut self, export: &'static str, input: I) -> Result<O, CallFailure>
+    /// engine's own deadline ever fails. Commits the call's state writes in memory on success (and returns them,
+    /// for the store), discards them on failure.
+    async fn call<I, O>(&mut self, export: &'static str, input: I) -> Result<(O, StateChanges), CallFailure>
     where
         I: Serialize + Send + 'static,
         O: DeserializeOwned + Send + 'static,
@@ -373,48 +383,41 @@ impl Driver {
                 Err(CallFailure { kind: FailureKind::Timeout, message: format!("no answer within {guard:?}") })
             }
         };
-        let persisted = with_state(&self.state, |s| {
+        let changes = with_state(&self.state, |s| {
             if result.is_ok() {
                 s.commit()
             } else {
                 s.discard();
-                BTreeMap::new()
+                StateChanges::new()
             }
         });
-        match persisted {
-            // Made durable by `apply`, in the same transaction as the call's updates.
-            Ok(changes) => self.pending_state = changes,
-            Err(e) => tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable"),
-        }
-        result
+        let changes = changes.unwrap_or_else(|e| {
+            tracing::error!(plugin = %self.shared.id, error = %e, "plugin state unavailable");
+            StateChanges::new()
+        });
+        result.map(|output| (output, changes))
     }
 
-    /// Makes state changes durable on their own, all in one store transaction (those of `init`, and those of
-    /// a call whose output carries no update to commit them with).
-    async fn persist_state(&self, changes: Vec<RecordWrite>) {
-        if changes.is_empty() {
-            return;
-        }
-        let namespace = crate::state_namespace(self.id());
-        let count = changes.len();
-        let changes = changes.into_iter().map(|r| (r.key, r.body)).collect();
-        if let Err(e) = self.host.twin.store().write_records(&namespace, changes).await {
+    /// Hands a successful call's effects to the applier; waits while `pipeline_depth` outputs already wait
+    /// there, which stops this driver taking messages, so a slow store back-pressures the queue.
+    async fn submit(&self, applied: Applied) {
+        if self.to_applier.send(Stage::Apply(Box::new(applied))).await.is_err() {
+            // The applier lives as long as this driver; it only ends if it panicked.
             Counters::add(&self.shared.counters.errors, 1);
-            tracing::error!(plugin = %self.shared.id, keys = count, error = %e, "persisting plugin state failed");
+            tracing::error!(plugin = %self.shared.id, "plugin applier is gone; a call's output was lost");
         }
     }
 
-    /// State changes as store records of this plugin's state namespace (values in base64).
-    fn state_records(&self, changes: BTreeMap<String, Option<Vec<u8>>>) -> Vec<RecordWrite> {
-        let namespace = crate::state_namespace(self.id());
-        changes
-            .into_iter()
-            .map(|(key, value)| RecordWrite {
-                namespace: namespace.clone(),
-                key,
-                body: value.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
-            })
-            .collect()
+    /// Waits until every output handed to the applier so far is applied.
+    async fn flush(&self) {
+        let (done, applied) = oneshot::channel();
+        if self.to_applier.send(Stage::Flush(done)).await.is_ok() {
+            let _ = applied.await;
+        }
+    }
+
+    fn applied(&self, output: Output, fallback_us: i64, state: StateChanges, reply: Option<ActReply>) -> Applied {
+        Applied { output, fallback_us, state, grant: self.shared.loaded.load().grant.clone(), reply }
     }
 
     async fn process_batch(&mut self, messages: Vec<InboundMessage>) {
@@ -423,10 +426,7 @@ impl Driver {
         let fallback = messages.last().map(|m| m.received_us).unwrap_or_else(|| Timestamp::now().as_micros());
         let batch = MessageBatch { now_us: Timestamp::now().as_micros(), messages };
         match self.call::<MessageBatch, Output>(exports::ON_MESSAGES, batch).await {
-            Ok(output) => {
-                let state = std::mem::take(&mut self.pending_state);
-                self.apply(output, fallback, state).await
-            }
+            Ok((output, state)) => self.submit(self.applied(output, fallback, state, None)).await,
             Err(f) => self.record_failure(f),
         }
     }
@@ -434,193 +434,35 @@ impl Driver {
     async fn tick(&mut self) {
         let now = Timestamp::now().as_micros();
         match self.call::<TickRequest, Output>(exports::ON_TICK, TickRequest { now_us: now }).await {
-            Ok(output) => {
-                let state = std::mem::take(&mut self.pending_state);
-                self.apply(output, now, state).await
-            }
+            Ok((output, state)) => self.submit(self.applied(output, now, state, None)).await,
             Err(f) => self.record_failure(f),
         }
     }
 
-    async fn act(&mut self, request: Invocation) -> Result<serde_json::Value, ActError> {
+    /// Calls the plugin with an ACT (or a rule app's call); the answer goes back once its output is applied.
+    async fn act(&mut self, request: Invocation, reply: oneshot::Sender<Result<serde_json::Value, ActError>>) {
         let state = self.shared.state();
         if state != PluginState::Running {
-            return Err(ActError::Failed(format!("plugin {} is {state}", self.shared.id)));
+            let _ = reply.send(Err(ActError::Failed(format!("plugin {} is {state}", self.shared.id))));
+            return;
         }
         let (now, response) = match request {
             Invocation::Act(r) => (r.now_us, self.call::<ActRequest, ActResponse>(exports::ON_ACT, r).await),
             Invocation::Call(r) => (r.now_us, self.call::<CallRequest, ActResponse>(exports::ON_CALL, r).await),
         };
-        match response {
-            Ok(ActResponse::Done { result, output }) => {
-                let state = std::mem::take(&mut self.pending_state);
-                self.apply(output, now, state).await;
-                Ok(result)
-            }
-            Ok(ActResponse::Refused { reason, output }) => {
-                let state = std::mem::take(&mut self.pending_state);
-                self.apply(output, now, state).await;
-                Err(ActError::Refused(reason))
-            }
+        let (output, state, result) = match response {
+            Ok((ActResponse::Done { result, output }, state)) => (output, state, Ok(result)),
+            Ok((ActResponse::Refused { reason, output }, state)) => (output, state, Err(ActError::Refused(reason))),
             Err(f) => {
                 let message = f.to_string();
                 let timeout = f.kind == FailureKind::Timeout;
                 self.record_failure(f);
-                Err(if timeout { ActError::Timeout } else { ActError::Failed(message) })
+                let _ = reply.send(Err(if timeout { ActError::Timeout } else { ActError::Failed(message) }));
+                return;
             }
-        }
+        };
+        self.submit(self.applied(output, now, state, Some(ActReply { reply, result }))).await;
     }
-
-    /// Makes this plugin the ACT owner of `provider`, whose actions it just declared: an exact name beats every
-    /// granted glob, so when two adapters may both write `*`, ACT reaches the one that declared the action.
-    /// Remembered in the store, so it holds across restarts.
-    async fn claim_actions(&self, provider: &str) {
-        let id = &self.shared.id;
-        if self.host.declared.get(provider).is_some_and(|owner| owner.value() == id) {
-            return;
-        }
-        if let Err(e) = self.host.twin.store().put_record(crate::ACT_OWNERS_NAMESPACE, provider, id).await {
-            tracing::warn!(plugin = %id, provider, "the ACT owner is not remembered across restarts: {e}");
-        }
-        self.host.declared.insert(provider.to_owned(), id.clone());
-        if let Some(handler) = self.host.act_handlers.get(id) {
-            self.host.twin.act_registry().register(hub_model::Glob::new(provider), handler.value().clone());
-        }
-    }
-
-    /// Applies one call's output: logs, model documents, updates, outbound messages, each checked against the
-    /// grant and the policy. Refusals are counted and logged (once per call), never fatal.
-    async fn apply(&self, output: Output, fallback_us: i64, state: BTreeMap<String, Option<Vec<u8>>>) {
-        let counters = &self.shared.counters;
-        let loaded = self.shared.loaded.load_full();
-        let grant = &loaded.grant;
-        let mut rejected: Vec<String> = Vec::new();
-
-        self.write_logs(&output);
-
-        for model in output.models {
-            let doc = serde_json::from_value::<ProviderDoc>(model.model);
-            match (Name::new(&model.provider), doc) {
-                (Ok(name), Ok(doc)) if self.may_write(grant, name.as_str()) => {
-                    let declares_actions = declares_actions(&doc);
-                    match self.host.twin.put_provider(name.clone(), &doc).await {
-                        Ok(_) if declares_actions => self.claim_actions(name.as_str()).await,
-                        Ok(_) => {}
-                        Err(e) => rejected.push(format!("model {}: {e}", model.provider)),
-                    }
-                }
-                (Ok(_), Ok(_)) => rejected.push(format!("model {}: outside the granted providers", model.provider)),
-                (Err(e), _) => rejected.push(format!("model {}: {e}", model.provider)),
-                (_, Err(e)) => rejected.push(format!("model {}: {e}", model.provider)),
-            }
-        }
-
-        let mut updates = Vec::with_capacity(output.updates.len());
-        let mut allowed_paths: HashSet<ResourcePath> = HashSet::new();
-        for u in output.updates {
-            let path = match ResourcePath::parse_parts(&u.provider, &u.service, &u.resource) {
-                Ok(path) => path,
-                Err(e) => {
-                    rejected.push(format!("update {}/{}/{}: {e}", u.provider, u.service, u.resource));
-                    continue;
-                }
-            };
-            if !allowed_paths.contains(&path) {
-                if !grant.may_write(path.provider.as_str()) {
-                    rejected.push(format!("update {path}: outside the granted providers"));
-                    continue;
-                }
-                if !self.host.policy.check(&self.principal, &path.to_string(), Action::Write) {
-                    rejected.push(format!("update {path}: denied by policy"));
-                    continue;
-                }
-                allowed_paths.insert(path.clone());
-            }
-            let timestamp = Timestamp::from_micros(u.timestamp_us.unwrap_or(fallback_us));
-            updates.push(Update { path, value: u.value, timestamp });
-        }
-        self.ingest(updates, self.state_records(state), &mut rejected).await;
-
-        for message in output.outbound {
-            if !grant.may_send(&message.transport, &message.address) {
-                rejected.push(format!("send {} {}: outside the granted bindings", message.transport, message.address));
-                continue;
-            }
-            let Some(transport) = self.host.transports.get(&message.transport) else {
-                rejected.push(format!("send {} {}: no such transport is running", message.transport, message.address));
-                continue;
-            };
-            let (t, a) = (message.transport.clone(), message.address.clone());
-            match transport.send(&self.shared.id, message).await {
-                Ok(()) => Counters::add(&counters.messages_out, 1),
-                Err(e) => rejected.push(format!("send {t} {a}: {e}")),
-            }
-        }
-
-        if let Some(first) = rejected.first() {
-            Counters::add(&counters.rejects, rejected.len() as u64);
-            counters.set_last_error(first.clone());
-            tracing::warn!(plugin = %self.shared.id, rejected = rejected.len(), first = %first, "plugin output refused");
-        }
-    }
-
-    fn may_write(&self, grant: &CompiledGrant, provider: &str) -> bool {
-        grant.may_write(provider) && self.host.policy.check(&self.principal, provider, Action::Write)
-    }
-
-    /// Ingests the updates; an update the twin refuses (wrong type, wrong kind) is dropped and the rest retried,
-    /// so one bad value does not cost the batch.
-    /// Ingests the call's updates with its state changes in one commit. An invalid update is dropped (and the
-    /// rest retried); when no update is left, or the ingest fails otherwise, the state is written on its own.
-    async fn ingest(&self, mut updates: Vec<Update>, state: Vec<RecordWrite>, rejected: &mut Vec<String>) {
-        while !updates.is_empty() {
-            let n = updates.len() as u64;
-            match self.host.twin.ingest_with_records(updates.clone(), state.clone()).await {
-                Ok(_) => {
-                    Counters::add(&self.shared.counters.updates, n);
-                    return;
-                }
-                Err(TwinError::Invalid { index: Some(i), source }) if i < updates.len() => {
-                    let bad = updates.remove(i);
-                    rejected.push(format!("update {}: {source}", bad.path));
-                }
-                Err(e) => {
-                    Counters::add(&self.shared.counters.errors, 1);
-                    rejected.push(format!("{n} updates: {e}"));
-                    break;
-                }
-            }
-        }
-        self.persist_state(state).await;
-    }
-
-    fn write_logs(&self, output: &Output) {
-        let id = self.id();
-        for line in output.logs.iter().take(MAX_LOG_LINES) {
-            let text = truncate(&line.message, MAX_LOG_CHARS);
-            match line.level {
-                LogLevel::Trace => tracing::trace!(plugin = %id, "{text}"),
-                LogLevel::Debug => tracing::debug!(plugin = %id, "{text}"),
-                LogLevel::Info => tracing::info!(plugin = %id, "{text}"),
-                LogLevel::Warn => tracing::warn!(plugin = %id, "{text}"),
-                LogLevel::Error => tracing::error!(plugin = %id, "{text}"),
-            }
-        }
-        if output.logs.len() > MAX_LOG_LINES {
-            tracing::warn!(plugin = %id, dropped = output.logs.len() - MAX_LOG_LINES, "plugin log lines dropped");
-        }
-    }
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

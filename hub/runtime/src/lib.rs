@@ -6,7 +6,9 @@
 //!
 //! Each plugin has a *driver*: a tokio task that owns its extism instance, takes inbound messages from a bounded
 //! queue in batches (up to [`HostConfig::max_batch`], lingering at most [`HostConfig::linger`]), runs every call
-//! on a blocking thread under the manifest's deadline and memory limit, and applies the output: updates and
+//! on a blocking thread under the manifest's deadline and memory limit, and hands the output to the plugin's
+//! applier, which applies outputs in call order while the driver already calls the plugin again (at most
+//! [`HostConfig::pipeline_depth`] outputs wait; those that wait are committed together): updates and
 //! model documents only inside the granted provider namespace *and* allowed by the policy for subject
 //! `plugin:<id>`; outbound messages only on granted bindings, through the registered [`Transports`]; log lines
 //! to `tracing` tagged with the plugin id. A call that traps, times out, exhausts memory or returns garbage fails
@@ -15,9 +17,11 @@
 //! admin starts it again. Other plugins have their own drivers and are not affected.
 //!
 //! Plugin key-value state lives in the store under namespace `plugin-state:<id>` (values base64); a call's
-//! writes are committed when it succeeds and discarded when it fails. ACT on a provider in a plugin's namespace
+//! writes are committed when it succeeds and discarded when it fails, and the store gets them in the same
+//! transaction as the updates of that call. ACT on a provider in a plugin's namespace
 //! reaches the plugin through the twin's [`ActRegistry`](hub_twin::ActRegistry).
 
+mod applier;
 mod capability;
 mod driver;
 mod error;
@@ -130,6 +134,9 @@ pub struct HostConfig {
     /// A batch stops growing once its payloads reach this many bytes, so large messages do not multiply into a
     /// call bigger than the plugin's memory.
     pub max_batch_bytes: usize,
+    /// Call outputs that may wait for their durable commit while the plugin is called again (the pipeline
+    /// between a plugin's calls and its commits). Outputs that wait are committed together. At least 1.
+    pub pipeline_depth: usize,
     /// Restart and quarantine.
     pub restart: RestartPolicy,
     /// The longest an ACT waits for the plugin (queueing and the call).
@@ -151,6 +158,7 @@ impl HostConfig {
             max_batch: 256,
             linger: Duration::from_millis(2),
             max_batch_bytes: 1 << 20,
+            pipeline_depth: 4,
             restart: RestartPolicy::default(),
             act_timeout: Duration::from_secs(5),
             dispatch_timeout: Duration::from_millis(100),

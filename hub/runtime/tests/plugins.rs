@@ -314,3 +314,153 @@ async fn upgrade_under_load_loses_nothing() {
     assert!(hub.host.upgrade("echo", &manifest("other", "0.4.0", &wasm, ECHO_CAPS), wasm, None).await.is_err());
     hub.close().await;
 }
+
+/// A runtime whose pipeline fills: small batches, no linger, so calls run ahead of the durable commits.
+async fn pipelined_hub(dir: tempfile::TempDir) -> Hub {
+    let mut config = host_config(dir.path());
+    config.max_batch = 8;
+    config.linger = Duration::ZERO;
+    config.pipeline_depth = 4;
+    Hub::open_with(dir, config).await.unwrap()
+}
+
+/// The plugin's stored state (`count`, JSON) and the stored readings it produced.
+async fn stored_count_and_readings(hub: &Hub) -> (u64, u64, usize) {
+    let state = hub.twin.store().records(&hub_runtime::state_namespace("echo")).await.unwrap();
+    let count = state.iter().find(|(k, _)| k == "count").map(|(_, v)| v.clone()).unwrap_or_default();
+    let count: u64 = if count.is_empty() {
+        0
+    } else {
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, count).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let reported = hub.value("echo-stats/data/count").and_then(|v| v.as_u64()).unwrap_or(0);
+    let page = hub
+        .twin
+        .store()
+        .history(hub_store::HistoryQuery {
+            path: "echo-load/data/value".parse().unwrap(),
+            from: None,
+            to: None,
+            limit: 1_000_000,
+            order: hub_store::Order::Asc,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    (count, reported, page.points.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_batches_apply_in_order_with_their_state() {
+    let hub = pipelined_hub(tempfile::tempdir().unwrap()).await;
+    install_echo(&hub, "echo", Some(json!({ "tag": "v1" }))).await;
+    let mut bus = hub.twin.bus().subscribe();
+    const N: u64 = 2000;
+    let reader = tokio::spawn(async move {
+        // Every batch reports the running count: in apply order, it only grows, and ends at N.
+        let mut counts = Vec::new();
+        while counts.last() != Some(&N) {
+            match tokio::time::timeout(WAIT, bus.recv()).await.expect("bus event") {
+                hub_bus::Received::Event(event) => {
+                    if let hub_bus::Change::Updates(updates) = &event.change {
+                        counts.extend(
+                            updates
+                                .iter()
+                                .filter(|u| u.path.to_string() == "echo-stats/data/count")
+                                .filter_map(|u| u.value.as_u64()),
+                        );
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        counts
+    });
+    for i in 0..N {
+        hub.host.deliver("echo", msg("echo/load", &i.to_string())).await.unwrap();
+    }
+    let counts = reader.await.unwrap();
+    assert!(counts.len() > 1, "several batches: {}", counts.len());
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "applied out of order: {counts:?}");
+    wait_for("last reading", WAIT, || hub.value("echo-load/data/value") == Some(json!(N - 1))).await;
+    assert_eq!(stored_count_and_readings(&hub).await, (N, N, N as usize));
+    let stats = hub.host.get("echo").unwrap().stats;
+    assert_eq!((stats.messages_in, stats.dropped, stats.errors, stats.rejects), (N, 0, 0, 0), "{stats:?}");
+    assert!(stats.calls >= counts.len() as u64, "{stats:?}");
+    hub.close().await;
+}
+
+/// A crash at any point of the pipeline leaves a plugin's stored state in step with the readings its calls
+/// stored: the store goes away mid-stream (every commit after that point fails, as if the process had died),
+/// and after a restart the state says exactly how many readings are stored, and counting continues from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_pipeline_keeps_state_and_readings_in_step() {
+    let hub = pipelined_hub(tempfile::tempdir().unwrap()).await;
+    install_echo(&hub, "echo", None).await;
+    let host = hub.host.clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..20_000u64 {
+            if host.deliver("echo", msg("echo/load", &i.to_string())).await.is_err() {
+                break;
+            }
+        }
+    });
+    wait_for("some readings stored", WAIT, || {
+        hub.value("echo-stats/data/count").and_then(|v| v.as_u64()).is_some_and(|n| n >= 500)
+    })
+    .await;
+    hub.twin.store().close().await.unwrap();
+    producer.abort();
+    let dir = hub.close().await;
+
+    let hub = pipelined_hub(dir).await;
+    let (count, reported, readings) = stored_count_and_readings(&hub).await;
+    assert!(count >= 500, "{count}");
+    assert_eq!((reported, readings), (count, count as usize), "state and readings out of step");
+    hub.host.load_installed().await;
+    for i in 0..10 {
+        hub.host.deliver("echo", msg("echo/load", &i.to_string())).await.unwrap();
+    }
+    let want = json!(count + 10);
+    wait_for("counting continues", WAIT, || hub.value("echo-stats/data/count") == Some(want.clone())).await;
+    assert_eq!(stored_count_and_readings(&hub).await, (count + 10, count + 10, count as usize + 10));
+    hub.close().await;
+}
+
+/// Upgrades and a stop while the pipeline is full: every message delivered before them is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_and_stop_with_a_full_pipeline_lose_nothing() {
+    let hub = pipelined_hub(tempfile::tempdir().unwrap()).await;
+    install_echo(&hub, "echo", Some(json!({ "tag": "v1" }))).await;
+    const N: u64 = 3000;
+    let host = hub.host.clone();
+    let producer = tokio::spawn(async move {
+        for i in 0..N {
+            host.deliver("echo", msg("echo/load", &i.to_string())).await.unwrap();
+        }
+    });
+    let wasm = common::wasm("echo");
+    for (n, version) in ["0.2.0", "0.3.0", "0.4.0"].into_iter().enumerate() {
+        let at = 500 * (n as u64 + 1);
+        wait_for("messages flowing", WAIT, || hub.host.get("echo").unwrap().stats.messages_in >= at).await;
+        let manifest = manifest("echo", version, &wasm, ECHO_CAPS);
+        hub.host.upgrade("echo", &manifest, wasm.clone(), None).await.unwrap();
+        hub.host.set_config("echo", Some(json!({ "tag": version }))).await.unwrap();
+    }
+    producer.await.unwrap();
+    wait_for("every message counted", WAIT, || hub.value("echo-stats/data/count") == Some(json!(N))).await;
+    assert_eq!(stored_count_and_readings(&hub).await, (N, N, N as usize));
+
+    // A stop answers once what the plugin already produced is applied: the count it reported is stored.
+    for i in 0..200 {
+        hub.host.deliver("echo", msg("echo/load", &i.to_string())).await.unwrap();
+    }
+    hub.host.stop("echo").await.unwrap();
+    let stats = hub.host.get("echo").unwrap().stats;
+    let (count, reported, readings) = stored_count_and_readings(&hub).await;
+    assert_eq!(count + stats.dropped, N + 200, "{stats:?}");
+    assert_eq!((reported, readings), (count, count as usize));
+    assert_eq!(stats.errors, 0);
+    hub.close().await;
+}
