@@ -19,6 +19,7 @@ const OFFICIAL: &[(&str, &str, &str)] = &[
     ("mqtt", "mqtt", "hub-adapter-mqtt"),
     ("coap", "coap", "hub-adapter-coap"),
     ("lorawan", "lorawan", "hub-adapter-lorawan"),
+    ("xmpp", "xmpp", "hub-adapter-xmpp"),
 ];
 
 /// Variables the outer cargo sets for its own compilation that must not leak into the wasm build.

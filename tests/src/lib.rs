@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod prosody;
 pub mod stream;
 
 use anyhow::{Context, Result, bail};
@@ -205,6 +206,32 @@ impl HubProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("{path} never became {value}; last seen: {last}");
+    }
+
+    /// Every point of a resource's history (`provider/service/resource`), oldest first, following the pages;
+    /// empty when the resource does not exist (yet).
+    pub async fn history(&self, path: &str) -> Vec<Value> {
+        let mut points = Vec::new();
+        let mut cursor: Option<String> = None;
+        let (provider, rest) = path.split_once('/').expect("provider/service/resource");
+        let (service, resource) = rest.split_once('/').expect("provider/service/resource");
+        loop {
+            let mut uri =
+                format!("/api/v1/providers/{provider}/services/{service}/resources/{resource}/history?limit=10000");
+            if let Some(c) = &cursor {
+                uri.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = self.get(&uri).await.expect("GET history");
+            if status == 404 {
+                return points;
+            }
+            assert_eq!(status, 200, "{page}");
+            points.extend(page["points"].as_array().expect("points").iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return points,
+            }
+        }
     }
 
     /// `GET /api/v1/metrics` as admin: the OpenMetrics text.

@@ -11,24 +11,8 @@ use hub_e2e::{HubProcess, Launch, client, free_port};
 use serde_json::{Value, json};
 
 async fn history_values(hub: &HubProcess, provider: &str) -> Vec<i64> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut uri = format!("/api/v1/providers/{provider}/services/load/resources/seq/history?limit=10000");
-        if let Some(c) = &cursor {
-            uri.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = hub.get(&uri).await.unwrap();
-        if status == 404 {
-            return out;
-        }
-        assert_eq!(status, 200, "{page}");
-        out.extend(page["points"].as_array().unwrap().iter().map(|p| p["value"].as_i64().unwrap()));
-        match page["next"].as_str() {
-            Some(next) => cursor = Some(next.to_string()),
-            None => return out,
-        }
-    }
+    let points = hub.history(&format!("{provider}/load/seq")).await;
+    points.iter().map(|p| p["value"].as_i64().unwrap()).collect()
 }
 
 #[tokio::test]

@@ -258,5 +258,5 @@ async fn an_uploaded_adapter_runs_beside_the_official_one() {
     hub.wait_for_value("kiosk.9/services/env/resources/temperature", &json!(18.5)).await;
     let (_, list) = hub.get("/api/v1/plugins").await.unwrap();
     let ids: Vec<&str> = list["plugins"].as_array().unwrap().iter().filter_map(|p| p["id"].as_str()).collect();
-    assert_eq!(ids, ["coap", "lorawan", "mqtt", "template"], "the official adapters and the upload: {list}");
+    assert_eq!(ids, ["coap", "lorawan", "mqtt", "template", "xmpp"], "the official adapters and the upload: {list}");
 }

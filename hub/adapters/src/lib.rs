@@ -90,6 +90,11 @@ impl Official {
                 },
                 ..Capabilities::default()
             },
+            "xmpp" => Capabilities {
+                providers: strings(&["*"]),
+                xmpp: PubSub { subscribe: strings(&["*_meta", "*_data"]), publish: strings(&["*_data"]) },
+                ..Capabilities::default()
+            },
             _ => Capabilities::default(),
         }
     }
@@ -111,7 +116,7 @@ mod tests {
 
     #[test]
     fn every_official_adapter_parses_and_its_default_grant_is_within_its_request() {
-        assert_eq!(Official::ids().collect::<Vec<_>>(), ["mqtt", "coap", "lorawan"]);
+        assert_eq!(Official::ids().collect::<Vec<_>>(), ["mqtt", "coap", "lorawan", "xmpp"]);
         for ports in [HostPorts { gwmp: Some(1700) }, HostPorts { gwmp: Some(41_700) }, HostPorts { gwmp: None }] {
             for official in OFFICIAL {
                 let manifest = hub_runtime::Manifest::parse(&official.manifest_for(ports).unwrap()).unwrap();

@@ -25,6 +25,10 @@ pub trait HostTransport: Send + Sync + 'static {
     fn gateways(&self) -> Option<Vec<Value>> {
         None
     }
+    /// Its connections to servers (name, connected, last error, ...), for a client transport.
+    fn links(&self) -> Option<Vec<Value>> {
+        None
+    }
 }
 
 /// The counters of a transport's statistics struct: every unsigned integer field of its JSON form.
@@ -40,13 +44,19 @@ pub type HostTransports = Arc<Vec<Arc<dyn HostTransport>>>;
 
 /// The host transports, where they listen and their counters.
 #[utoipa::path(get, path = "/api/v1/transports", tag = "system",
-    responses((status = 200, description = "Each transport: name, listen address, counters"), (status = 401), (status = 403)))]
+    responses((status = 200, description = "Each transport: name, listen address, counters, and for client transports (XMPP) its server links"), (status = 401), (status = 403)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     authorize(&state, &caller, SYSTEM_TRANSPORTS, Action::Read)?;
     let list: Vec<Value> = state
         .transports
         .iter()
-        .map(|t| json!({ "name": t.name(), "listen": t.listen(), "counters": t.counters() }))
+        .map(|t| {
+            let mut entry = json!({ "name": t.name(), "listen": t.listen(), "counters": t.counters() });
+            if let Some(links) = t.links() {
+                entry["links"] = Value::Array(links);
+            }
+            entry
+        })
         .collect();
     Ok(Json(Value::Array(list)))
 }

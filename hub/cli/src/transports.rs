@@ -1,4 +1,4 @@
-//! Starts the host transports (MQTT, CoAP, LoRa gateways over GWMP), registers their outbound side with the
+//! Starts the host transports (MQTT, CoAP, LoRa gateways over GWMP, XMPP publish-subscribe), registers their outbound side with the
 //! plugin runtime, and pumps what they receive into `PluginHost::dispatch`. Wiring only: each transport's
 //! behaviour lives in its crate.
 
@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Most messages a transport may have waiting for the plugin runtime; a full queue slows its socket down.
 const INBOUND_QUEUE: usize = 1024;
-/// How often the CoAP endpoint's `/.well-known/core` is refreshed from the plugins' grants.
+/// How often the CoAP endpoint's `/.well-known/core` and the XMPP nodes followed are refreshed from the plugins'
+/// grants.
 const LINKS_REFRESH: Duration = Duration::from_secs(5);
 
 /// A transport's table of the config (`[mqtt]`, `[coap]`, `[gwmp]`), parsed with the transport's own schema;
@@ -43,6 +44,7 @@ pub struct TransportConfigs {
     pub mqtt: hub_transport_mqtt::MqttConfig,
     pub coap: hub_transport_coap::CoapConfig,
     pub gwmp: hub_transport_gwmp::GwmpConfig,
+    pub xmpp: hub_transport_xmpp::XmppConfig,
 }
 
 impl TransportConfigs {
@@ -52,6 +54,7 @@ impl TransportConfigs {
             mqtt: section("mqtt", &config.mqtt)?,
             coap: section("coap", &config.coap)?,
             gwmp: section("gwmp", &config.gwmp)?,
+            xmpp: section("xmpp", &config.xmpp)?,
         };
         configs.validate()?;
         Ok(configs)
@@ -62,6 +65,7 @@ impl TransportConfigs {
         self.mqtt.validate()?;
         self.coap.validate()?;
         self.gwmp.validate()?;
+        self.xmpp.validate()?;
         Ok(())
     }
 
@@ -70,6 +74,7 @@ impl TransportConfigs {
         config.mqtt = to_table("mqtt", &self.mqtt)?;
         config.coap = to_table("coap", &self.coap)?;
         config.gwmp = to_table("gwmp", &self.gwmp)?;
+        config.xmpp = to_table("xmpp", &self.xmpp)?;
         Ok(())
     }
 }
@@ -80,6 +85,7 @@ pub struct HostSide {
     mqtt_bridges: Vec<Arc<hub_transport_mqtt::Bridge>>,
     coap: Option<Arc<hub_transport_coap::CoapTransport>>,
     gwmp: Option<Arc<hub_transport_gwmp::GwmpTransport>>,
+    xmpp: Option<Arc<hub_transport_xmpp::XmppTransport>>,
     tasks: Vec<JoinHandle<()>>,
     cancel: CancellationToken,
 }
@@ -98,6 +104,7 @@ impl HostSide {
             mqtt_bridges: Vec::new(),
             coap: None,
             gwmp: None,
+            xmpp: None,
             tasks: Vec::new(),
             cancel: CancellationToken::new(),
         };
@@ -108,6 +115,22 @@ impl HostSide {
         if configs.gwmp.enabled {
             side.start_gwmp(&configs.gwmp, transports, plugins)?;
         }
+        if !configs.xmpp.servers.is_empty() {
+            side.start_xmpp(&configs.xmpp, transports, plugins)?;
+        }
+        // What the CoAP endpoint lists and which XMPP nodes are followed come from the plugins' grants, which
+        // change as plugins are installed: refreshed now and periodically.
+        let (followers, subscribed, cancel) = (side.followers(), plugins.clone(), side.cancel.clone());
+        followers.refresh(plugins);
+        side.tasks.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(LINKS_REFRESH);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticker.tick() => followers.refresh(&subscribed),
+                }
+            }
+        }));
         Ok(side)
     }
 
@@ -163,16 +186,6 @@ impl HostSide {
                 reply.send(dispatcher.dispatch(message).await);
             }
         }));
-        let (links, linked, cancel) = (coap.clone(), plugins.clone(), self.cancel.clone());
-        self.tasks.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(LINKS_REFRESH);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = ticker.tick() => links.set_links(coap_paths(&linked)),
-                }
-            }
-        }));
         self.coap = Some(coap);
         Ok(())
     }
@@ -191,16 +204,34 @@ impl HostSide {
         Ok(())
     }
 
+    fn start_xmpp(
+        &mut self,
+        config: &hub_transport_xmpp::XmppConfig,
+        transports: &Transports,
+        plugins: &PluginHost,
+    ) -> Result<()> {
+        let (tx, rx) = mpsc::channel::<InboundMessage>(INBOUND_QUEUE);
+        let xmpp = Arc::new(hub_transport_xmpp::XmppTransport::start(config, tx)?);
+        transports.register(transport::XMPP, xmpp.clone());
+        self.tasks.push(pump(rx, plugins.clone()));
+        tracing::info!(servers = config.servers.len(), "XMPP transport");
+        self.xmpp = Some(xmpp);
+        Ok(())
+    }
+
     /// The ports some official adapters' grants name.
     pub fn ports(&self) -> hub_adapters::HostPorts {
         hub_adapters::HostPorts { gwmp: self.gwmp.as_ref().map(|g| g.local_addr().port()) }
     }
 
-    /// Refreshes what the CoAP endpoint's `/.well-known/core` lists (after plugins were installed).
+    /// Refreshes what the CoAP endpoint's `/.well-known/core` lists and which XMPP nodes are followed (after
+    /// plugins were installed).
     pub fn refresh_links(&self, plugins: &PluginHost) {
-        if let Some(coap) = &self.coap {
-            coap.set_links(coap_paths(plugins));
-        }
+        self.followers().refresh(plugins);
+    }
+
+    fn followers(&self) -> Followers {
+        Followers { coap: self.coap.clone(), xmpp: self.xmpp.clone() }
     }
 
     /// The transports as the API shows them.
@@ -211,6 +242,9 @@ impl HostSide {
         }
         if let Some(gwmp) = &self.gwmp {
             list.push(Arc::new(GwmpStatus(gwmp.clone())));
+        }
+        if let Some(xmpp) = &self.xmpp {
+            list.push(Arc::new(XmppStatus(xmpp.clone())));
         }
         Arc::new(list)
     }
@@ -230,6 +264,9 @@ impl HostSide {
         if let Some(gwmp) = &self.gwmp {
             gwmp.shutdown().await;
         }
+        if let Some(xmpp) = &self.xmpp {
+            xmpp.shutdown().await;
+        }
         for task in self.tasks {
             task.abort();
         }
@@ -246,14 +283,26 @@ fn pump(mut rx: mpsc::Receiver<InboundMessage>, plugins: PluginHost) -> JoinHand
     })
 }
 
-/// The CoAP paths plugins subscribe to, for `/.well-known/core`.
-fn coap_paths(plugins: &PluginHost) -> Vec<String> {
-    plugins
-        .subscriptions()
-        .into_iter()
-        .filter(|(_, s)| s.transport == transport::COAP)
-        .map(|(_, s)| s.pattern)
-        .collect()
+/// The transports whose bindings follow the plugins' grants.
+struct Followers {
+    coap: Option<Arc<hub_transport_coap::CoapTransport>>,
+    xmpp: Option<Arc<hub_transport_xmpp::XmppTransport>>,
+}
+
+impl Followers {
+    fn refresh(&self, plugins: &PluginHost) {
+        if let Some(coap) = &self.coap {
+            coap.set_links(subscribed(plugins, transport::COAP));
+        }
+        if let Some(xmpp) = &self.xmpp {
+            xmpp.set_subscriptions(&subscribed(plugins, transport::XMPP));
+        }
+    }
+}
+
+/// The patterns plugins subscribe to on `transport`.
+fn subscribed(plugins: &PluginHost, name: &str) -> Vec<String> {
+    plugins.subscriptions().into_iter().filter(|(_, s)| s.transport == name).map(|(_, s)| s.pattern).collect()
 }
 
 /// Devices authenticate to the embedded broker with an API token as the password (any username).
@@ -340,6 +389,23 @@ impl HostTransport for GwmpStatus {
     }
     fn gateways(&self) -> Option<Vec<serde_json::Value>> {
         Some(self.0.gateways().iter().filter_map(|g| serde_json::to_value(g).ok()).collect())
+    }
+}
+
+struct XmppStatus(Arc<hub_transport_xmpp::XmppTransport>);
+
+impl HostTransport for XmppStatus {
+    fn name(&self) -> &str {
+        transport::XMPP
+    }
+    fn listen(&self) -> Option<SocketAddr> {
+        None
+    }
+    fn counters(&self) -> BTreeMap<String, u64> {
+        counters_of(&self.0.stats())
+    }
+    fn links(&self) -> Option<Vec<serde_json::Value>> {
+        Some(self.0.links().iter().filter_map(|l| serde_json::to_value(l).ok()).collect())
     }
 }
 

@@ -46,6 +46,9 @@ pub struct Config {
     /// LoRa gateways over the Semtech packet-forwarder protocol (GWMP, UDP). Schema in `hub-transport-gwmp`;
     /// validated by the binary, naming `gwmp.` keys.
     pub gwmp: toml::Table,
+    /// XMPP publish-subscribe servers the hub follows (`[[xmpp.servers]]`). Schema in `hub-transport-xmpp`;
+    /// validated by the binary, naming `xmpp.` keys.
+    pub xmpp: toml::Table,
     /// Plugins.
     pub plugins: PluginsConfig,
 }
@@ -55,14 +58,14 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// The official adapters (built into the binary) to install at start when missing, and to upgrade when the
-    /// installed module differs from the built-in one. Default `["mqtt", "coap", "lorawan"]`. An adapter dropped from the list is
+    /// installed module differs from the built-in one. Default `["mqtt", "coap", "lorawan", "xmpp"]`. An adapter dropped from the list is
     /// left as it is (stop or remove it through the API). The binary checks the names.
     pub official: Vec<String>,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
-        PluginsConfig { official: vec!["mqtt".into(), "coap".into(), "lorawan".into()] }
+        PluginsConfig { official: vec!["mqtt".into(), "coap".into(), "lorawan".into(), "xmpp".into()] }
     }
 }
 

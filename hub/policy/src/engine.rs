@@ -70,6 +70,7 @@ p, admin, *, *
 p, plugin:mqtt, *, write
 p, plugin:coap, *, write
 p, plugin:lorawan, lora-*, write
+p, plugin:xmpp, *, write
 ";
 
 /// How many decisions a snapshot caches before it starts over.

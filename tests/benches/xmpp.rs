@@ -1,0 +1,129 @@
+//! XMPP (SOX) end to end against the real (release) hub binary: a real Prosody (STARTTLS, the publish-subscribe
+//! component keeping items in memory) and slixmpp trucks publishing SOX data items, followed by `hub serve` as
+//! a client and mapped by the official `xmpp` adapter. This is Fujisawa's load: `XMPP_TRUCKS` trucks (default
+//! 100), each publishing `XMPP_RATE` items a second (default 100) for `XMPP_SECONDS` seconds (default 10); each
+//! item carries three readings (speed, PM2.5, and its send time in µs).
+//!
+//! Reports: items the trucks sent and the server confirmed, items the hub received, items/s until the adapter
+//! applied them all (durable in SQLite by then), send → SSE event latency p50/p99 of every `sent_us` reading,
+//! and the adapter's counters.
+//!
+//! Run: `cargo bench -p hub-e2e --bench xmpp` (needs Debian `prosody` and PyPI `slixmpp`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hub_e2e::{
+    HubProcess, Launch,
+    prosody::{Prosody, hub_server_entry, run_sox_device},
+    stream::{latencies, summary},
+};
+use serde_json::Value;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn plugin_updates(hub: &HubProcess) -> Result<u64> {
+    let (status, info) = hub.get("/api/v1/plugins/xmpp").await?;
+    if status != 200 {
+        bail!("GET /plugins/xmpp answered {status}: {info}");
+    }
+    info["stats"]["updates"].as_u64().context("no updates counter")
+}
+
+async fn xmpp_counters(hub: &HubProcess) -> Result<Value> {
+    let (_, transports) = hub.get("/api/v1/transports").await?;
+    transports
+        .as_array()
+        .and_then(|list| list.iter().find(|t| t["name"] == "xmpp"))
+        .map(|t| t["counters"].clone())
+        .context("no xmpp transport")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    // `cargo test --benches` runs this binary without `--bench`; keep that quick.
+    if !std::env::args().any(|a| a == "--bench") {
+        return Ok(());
+    }
+    let (trucks, rate, seconds) = (env_u64("XMPP_TRUCKS", 100), env_u64("XMPP_RATE", 100), env_u64("XMPP_SECONDS", 10));
+    let server = Prosody::start(true)?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, hub_server_entry(&server, "fujisawa", 500))?;
+    let mut launch = Launch::new(dir.path());
+    launch.args = vec!["--config".into(), config.display().to_string()];
+    let hub = HubProcess::start(launch).await?;
+
+    let expected = trucks * rate * seconds;
+    let events = hub.events("provider=truck-*&resource=sent_us").await;
+    let reader = tokio::spawn(latencies(events, expected as usize, Duration::from_secs(20), |event, received| {
+        event["value"].as_i64().map(|sent| received - sent)
+    }));
+    let before = plugin_updates(&hub).await?;
+    println!("xmpp: {trucks} trucks × {rate} items/s × {seconds} s = {expected} items (3 readings each)");
+    let started = Instant::now();
+    let args = [
+        "load".to_owned(),
+        "--prefix".to_owned(),
+        "truck-".to_owned(),
+        "--devices".to_owned(),
+        trucks.to_string(),
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--seconds".to_owned(),
+        seconds.to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_sox_device(&server, &args).map(|out| (out, server))
+    })
+    .await??;
+    let (out, server) = out;
+    let report: Value = serde_json::from_str(out.lines().last().context("no report from the trucks")?)?;
+    let sent = report["sent"].as_u64().context("sent")?;
+    println!(
+        "xmpp: trucks sent {sent} items in {} s ({:.0} items/s offered), server confirmed {}, errors {}",
+        report["seconds"],
+        sent as f64 / report["seconds"].as_f64().unwrap_or(1.0),
+        report["acked"],
+        report["errors"]
+    );
+
+    // Every item is applied once its three readings are (each truck's meta adds no updates: sensors are
+    // declared with their first values).
+    let want = sent * 3;
+    let (mut applied, mut last_change) = (before, Instant::now());
+    let mut done_at = Instant::now();
+    while applied - before < want && last_change.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = plugin_updates(&hub).await?;
+        if now != applied {
+            applied = now;
+            last_change = Instant::now();
+            done_at = last_change;
+        }
+    }
+    let elapsed = done_at.duration_since(started).as_secs_f64();
+    let counters = xmpp_counters(&hub).await?;
+    println!(
+        "xmpp: hub received {} items, applied {} of {want} readings; {:.0} items/s from the first publish to the \
+         last commit",
+        counters["items_in"],
+        applied - before,
+        (applied - before) as f64 / 3.0 / elapsed
+    );
+    let measured = reader.await?;
+    println!("xmpp: publish → SSE event ({} readings): {}", measured.len(), summary(&measured));
+    let (_, info) = hub.get("/api/v1/plugins/xmpp").await?;
+    let s = &info["stats"];
+    println!(
+        "xmpp: adapter calls {}, updates {}, errors {}, dropped {}, rejects {}, call p50 {} µs, p99 {} µs",
+        s["calls"], s["updates"], s["errors"], s["dropped"], s["rejects"], s["latency_p50_us"], s["latency_p99_us"]
+    );
+    println!("xmpp: transport counters {counters}");
+    drop(server);
+    hub.stop()?;
+    Ok(())
+}
