@@ -317,6 +317,34 @@ pub struct Output {
     /// Log lines.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogLine>,
+    /// Calls of other plugins (of kind `app`) whose results become resource values: how an adapter hands a
+    /// payload to an integrator's decoder. The host makes them after this output's updates are committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<AppCall>,
+}
+
+/// A call of a plugin of kind `app` on an adapter's behalf, whose result is written as resources.
+///
+/// The host hands `params` to the app's [`exports::ON_CALL`] (as [`CallRequest::params`], with
+/// [`CallRequest::plugin`] naming the adapter), and writes each key of the object the app returns as resource
+/// `{provider}/{service}/{key}`, measured at `timestamp_us`, as the adapter's own writes: inside its granted
+/// providers and allowed by the policy for `plugin:<adapter>`, which also needs `act` on `plugin:<app>`. A
+/// refused, failed or non-object result is counted and logged as one of the adapter's rejects; the adapter's
+/// other effects stand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppCall {
+    /// The app's plugin id.
+    pub app: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: serde_json::Map<String, Value>,
+    /// The provider the result's values belong to.
+    pub provider: String,
+    /// Their service.
+    pub service: String,
+    /// When they were measured (microseconds since the Unix epoch); unset means when the host applies them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_us: Option<i64>,
 }
 
 impl Output {
@@ -327,7 +355,11 @@ impl Output {
 
     /// Whether the output has no effect at all.
     pub fn is_empty(&self) -> bool {
-        self.models.is_empty() && self.updates.is_empty() && self.outbound.is_empty() && self.logs.is_empty()
+        self.models.is_empty()
+            && self.updates.is_empty()
+            && self.outbound.is_empty()
+            && self.logs.is_empty()
+            && self.calls.is_empty()
     }
 
     /// Adds a resource update without a measurement time (the host uses the receive time).
@@ -370,6 +402,12 @@ impl Output {
         self
     }
 
+    /// Adds a call of app `call.app` whose result becomes resources (see [`AppCall`]).
+    pub fn call_app(&mut self, call: AppCall) -> &mut Self {
+        self.calls.push(call);
+        self
+    }
+
     /// Adds a log line.
     pub fn log(&mut self, level: LogLevel, message: impl Into<String>) -> &mut Self {
         self.logs.push(LogLine { level, message: message.into() });
@@ -382,6 +420,7 @@ impl Output {
         self.updates.extend(other.updates);
         self.outbound.extend(other.outbound);
         self.logs.extend(other.logs);
+        self.calls.extend(other.calls);
     }
 }
 
@@ -405,8 +444,12 @@ pub struct ActRequest {
 /// The input of [`exports::ON_CALL`]: a rule's `call app(...)` action, fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRequest {
-    /// The id of the rule that fired.
+    /// The id of the rule that fired; empty when an adapter asked for the call (see `plugin`).
+    #[serde(default)]
     pub rule: String,
+    /// The adapter that asked for the call through [`Output::calls`] (a payload decoder's caller), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
     /// The action's parameters, rendered by the rule engine.
     #[serde(default)]
     pub params: serde_json::Map<String, Value>,

@@ -84,7 +84,7 @@ pub use adapter::{Adapter, Context, StateStore};
 /// Everything a plugin usually needs, in one import.
 pub mod prelude {
     pub use crate::abi::{
-        ActRequest, CallRequest, CallTrigger, InboundMessage, LogLevel, OutboundMessage, Output, Payload,
+        ActRequest, AppCall, CallRequest, CallTrigger, InboundMessage, LogLevel, OutboundMessage, Output, Payload,
         ResourceUpdate, transport,
     };
     pub use crate::testkit;

@@ -29,6 +29,10 @@
 //! assert_eq!(kit.state_json::<u64>("seen"), Some(2));
 //! ```
 
+// ACT and call answers carry the plugin's whole `Output` on both sides, for the test to inspect; this runs
+// natively in tests, where the size of a `Result` does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -140,6 +144,7 @@ impl<A: Adapter> TestKit<A> {
     pub fn call(&mut self, rule: &str, params: Value) -> Result<(Value, Output), (String, Output)> {
         let request = CallRequest {
             rule: rule.to_owned(),
+            plugin: None,
             params: object(params, "call parameters"),
             bindings: Default::default(),
             trigger: None,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use hub_e2e::{HubProcess, Launch, client, lora_packet, sse_until};
+use hub_e2e::{HubProcess, Launch, build_plugin, client, lora_packet, sse_until};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 
@@ -175,4 +175,52 @@ async fn after_a_restart_on_another_port_the_adapter_follows_and_replays_stay_re
     let values: Vec<&Value> =
         history["points"].as_array().map(|p| p.iter().map(|x| &x["value"]).collect()).unwrap_or_default();
     assert_eq!(values.len(), 2, "the replayed frame was not stored again: {history} (now {fresh})");
+}
+
+/// An integrator's decoder, installed as a plugin of kind `app`, decodes the payloads of the devices whose codec
+/// names it; the adapter's other readings stand when it refuses a frame.
+#[tokio::test]
+async fn a_device_whose_codec_is_an_app_is_decoded_by_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(Launch::new(dir.path())).await.unwrap();
+    let (manifest, wasm) = build_plugin("fixtures/parking-codec", "hub-codec-parking").unwrap();
+    let wasm = base64::engine::general_purpose::STANDARD.encode(&wasm);
+    let (status, body) =
+        hub.post("/api/v1/plugins", &json!({"manifest": manifest, "wasm": wasm, "grant": {}})).await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    let mut registry = registry();
+    registry["devices"][0]["codec"] = json!("app:parking-codec");
+    let res = client()
+        .put(format!("{}/api/v1/plugins/lorawan/config", hub.base))
+        .bearer_auth(&hub.admin)
+        .json(&json!({"config": registry}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut gateway = Gateway::connect(0xAA55_5A00_0000_0003, hub.gwmp_port).await;
+
+    // Without `act` on the app the call is refused, and counted; the frame's other readings are stored.
+    gateway.push(&uplink(0, "010e1d0007", false), 1_000_000).await;
+    hub.wait_for_value(&format!("{DEVICE}/services/lorawan/resources/fcnt"), &json!(0)).await;
+    let (_, plugin) = hub.get("/api/v1/plugins/lorawan").await.unwrap();
+    assert!(plugin["stats"]["last_error"].as_str().unwrap_or("").contains("act on plugin:parking-codec"), "{plugin}");
+    let (status, _) = hub.get(&format!("/api/v1/providers/{DEVICE}/services/uplink/resources/occupied")).await.unwrap();
+    assert_eq!(status, 404, "nothing decoded without the policy's consent");
+
+    let policy = "p, admin, *, *\np, plugin:lorawan, lora-*, write\np, plugin:lorawan, plugin:parking-codec, act\n";
+    assert_eq!(hub.put_policy(policy).await.unwrap(), 204);
+    gateway.push(&uplink(1, "010e1d0007", false), 2_000_000).await;
+    hub.wait_for_value(&format!("{DEVICE}/services/uplink/resources/occupied"), &json!(true)).await;
+    hub.wait_for_value(&format!("{DEVICE}/services/uplink/resources/battery"), &json!(3.613)).await;
+    hub.wait_for_value(&format!("{DEVICE}/services/uplink/resources/cars"), &json!(7)).await;
+
+    // A frame the codec refuses stores no decoded value; the counter and radio readings still move.
+    gateway.push(&uplink(2, "01", false), 3_000_000).await;
+    hub.wait_for_value(&format!("{DEVICE}/services/lorawan/resources/fcnt"), &json!(2)).await;
+    let (_, plugin) = hub.get("/api/v1/plugins/lorawan").await.unwrap();
+    assert!(plugin["stats"]["last_error"].as_str().unwrap_or("").contains("5 bytes"), "{plugin}");
+    assert_eq!(hub.history(&format!("{DEVICE}/uplink/cars")).await.len(), 1);
+    let (_, codec) = hub.get("/api/v1/plugins/parking-codec").await.unwrap();
+    assert_eq!(codec["stats"]["errors"], json!(0), "a refused frame is the codec's answer, not its failure: {codec}");
 }

@@ -475,6 +475,7 @@ impl Automation {
                 })?;
                 let call = CallRequest {
                     rule: request.rule.clone(),
+                    plugin: None,
                     params: params.clone(),
                     bindings: request.context.bindings.clone(),
                     trigger: request.context.trigger.clone(),

@@ -14,7 +14,7 @@ use std::{
 
 use base64::Engine as _;
 use hub_model::{Name, ProviderDoc, ResourcePath, Timestamp, Update};
-use hub_plugin_sdk::abi::{LogLevel, Output};
+use hub_plugin_sdk::abi::{AppCall, CallRequest, LogLevel, Output, ResourceUpdate};
 use hub_policy::{Action, Principal};
 use hub_store::RecordWrite;
 use hub_twin::{ActError, TwinError};
@@ -113,9 +113,13 @@ impl Applier {
         let mut updates = Vec::new();
         let mut state = StateChanges::new();
         let mut sends = Vec::new();
+        let mut calls = Vec::new();
         let mut replies = Vec::new();
         for applied in group {
             let Applied { output, fallback_us, state: changes, grant, reply } = applied;
+            if !output.calls.is_empty() {
+                calls.push((grant.clone(), fallback_us, output.calls.clone()));
+            }
             self.write_logs(&output);
             self.apply_models(&grant, output.models, &mut rejected).await;
             self.check_updates(&grant, output.updates, fallback_us, &mut updates, &mut rejected);
@@ -145,6 +149,12 @@ impl Applier {
                     Ok(()) => Counters::add(&counters.messages_out, 1),
                     Err(e) => rejected.push(format!("send {t} {a}: {e}")),
                 }
+            }
+        }
+
+        for (grant, fallback_us, list) in calls {
+            for call in list {
+                self.call_app(&grant, fallback_us, call, &mut rejected).await;
             }
         }
 
@@ -215,6 +225,56 @@ impl Applier {
             let timestamp = Timestamp::from_micros(u.timestamp_us.unwrap_or(fallback_us));
             updates.push(Update { path, value: u.value, timestamp });
         }
+    }
+
+    /// Calls an app on this plugin's behalf and writes the object it returns as resources of the call's
+    /// provider and service (see [`AppCall`]), checked like the plugin's own updates.
+    async fn call_app(&self, grant: &CompiledGrant, fallback_us: i64, call: AppCall, rejected: &mut Vec<String>) {
+        let AppCall { app, params, provider, service, timestamp_us } = call;
+        // Only adapters ask for calls: an app calling apps could wait on itself.
+        if self.shared.loaded.load().manifest.kind == crate::PluginKind::App {
+            rejected.push(format!("call {app}: an app cannot call apps"));
+            return;
+        }
+        if !self.host.policy.check(&self.principal, &hub_policy::objects::plugin(&app), Action::Act) {
+            rejected.push(format!("call {app}: denied by policy (needs act on plugin:{app})"));
+            return;
+        }
+        let Some(host) = crate::host::PluginHost::from_weak(&self.host.host) else {
+            return;
+        };
+        let request = CallRequest {
+            rule: String::new(),
+            plugin: Some(self.shared.id.clone()),
+            params,
+            bindings: Default::default(),
+            trigger: None,
+            now_us: Timestamp::now().as_micros(),
+        };
+        let values = match host.call_app(&app, request).await {
+            Ok(serde_json::Value::Object(values)) => values,
+            Ok(other) => {
+                rejected.push(format!("call {app}: the result is not an object of resource values: {other}"));
+                return;
+            }
+            Err(e) => {
+                rejected.push(format!("call {app} for {provider}: {e}"));
+                return;
+            }
+        };
+        let list = values
+            .into_iter()
+            .map(|(resource, value)| ResourceUpdate {
+                provider: provider.clone(),
+                service: service.clone(),
+                resource,
+                value,
+                timestamp_us,
+            })
+            .collect();
+        let mut updates = Vec::new();
+        self.check_updates(grant, list, fallback_us, &mut updates, rejected);
+        self.ingest(updates, Vec::new(), rejected).await;
     }
 
     fn may_write(&self, grant: &CompiledGrant, provider: &str) -> bool {

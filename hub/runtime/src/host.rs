@@ -73,7 +73,7 @@ struct Slot {
     act_owner: Mutex<Option<Arc<dyn ActHandler>>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     shared: Arc<HostShared>,
     slots: ArcSwap<HashMap<String, Arc<Slot>>>,
     // Serialises lifecycle operations (install, upgrade, remove, ...); message delivery never takes it.
@@ -98,7 +98,7 @@ impl PluginHost {
         transports: Arc<Transports>,
     ) -> PluginHost {
         PluginHost {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|host| Inner {
                 shared: Arc::new(HostShared {
                     config,
                     twin,
@@ -106,6 +106,7 @@ impl PluginHost {
                     transports,
                     declared: Default::default(),
                     act_handlers: Default::default(),
+                    host: host.clone(),
                 }),
                 slots: ArcSwap::from_pointee(HashMap::new()),
                 admin: tokio::sync::Mutex::new(()),
@@ -113,6 +114,11 @@ impl PluginHost {
                 tracker: TaskTracker::new(),
             }),
         }
+    }
+
+    /// The host a plugin's applier belongs to, while it exists.
+    pub(crate) fn from_weak(inner: &std::sync::Weak<Inner>) -> Option<PluginHost> {
+        inner.upgrade().map(|inner| PluginHost { inner })
     }
 
     /// The settings.

@@ -183,6 +183,8 @@ pub(crate) struct HostShared {
     pub declared: dashmap::DashMap<String, String>,
     /// Each running plugin's ACT handler, by plugin id (so a declaration can register it for one provider).
     pub act_handlers: dashmap::DashMap<String, Arc<dyn hub_twin::ActHandler>>,
+    /// The host itself, for the calls of apps that adapters ask for (weak: the host owns this).
+    pub host: std::sync::Weak<host::Inner>,
 }
 
 /// The store namespace of declared ACT owners: key = provider, body = plugin id.

@@ -1,35 +1,76 @@
-//! Payload codecs: Cayenne LPP and raw bytes. A codec turns an application payload into readings, all or
-//! nothing: a payload that does not decode in full yields an error and no reading.
+//! Payload codecs: Cayenne LPP, raw bytes, and an integrator's decoder that is itself a plugin (an app). A codec
+//! turns an application payload into readings, all or nothing: a payload that does not decode in full yields an
+//! error and no reading.
 
 use serde_json::{Value, json};
 
 /// How a device's application payload is decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Codec {
     /// Cayenne Low Power Payload: `channel | type | value` records.
     Cayenne,
     /// The bytes as a lowercase hex string in resource `raw`.
     Raw,
+    /// `app:<id>`: the plugin `<id>` (of kind `app`) decodes the payload; the host calls it with the payload
+    /// and writes the object it returns as resources of the `uplink` service (see [`Codec::app_call`]).
+    App(String),
 }
 
 impl Codec {
-    /// The codec called `name` (`cayenne` or `raw`).
+    /// The codec called `name` (`cayenne`, `raw` or `app:<plugin id>`).
     pub fn by_name(name: &str) -> Option<Codec> {
         match name {
             "cayenne" | "cayenne_lpp" => Some(Codec::Cayenne),
             "raw" => Some(Codec::Raw),
-            _ => None,
+            _ => {
+                let id = name.strip_prefix("app:")?;
+                let valid = (1..=64).contains(&id.len())
+                    && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                valid.then(|| Codec::App(id.to_owned()))
+            }
         }
     }
 
-    /// Decodes `payload` into readings.
-    pub fn decode(self, payload: &[u8]) -> Result<Vec<Reading>, String> {
+    /// Decodes `payload` into readings here; `None` for a codec the host runs (an app).
+    pub fn decode(&self, payload: &[u8]) -> Option<Result<Vec<Reading>, String>> {
         match self {
-            Codec::Cayenne => cayenne(payload),
-            Codec::Raw => {
-                Ok(vec![Reading { resource: "raw".to_owned(), value: json!(crate::hex_encode(payload)), unit: None }])
-            }
+            Codec::Cayenne => Some(cayenne(payload)),
+            Codec::Raw => Some(Ok(vec![Reading {
+                resource: "raw".to_owned(),
+                value: json!(crate::hex_encode(payload)),
+                unit: None,
+            }])),
+            Codec::App(_) => None,
         }
+    }
+
+    /// For an app codec: the call the host makes with the uplink's payload, whose result becomes resources
+    /// `{provider}/uplink/{key}` measured at `at_us`. The app gets `payload_hex`, `port`, `dev_eui` and `fcnt`.
+    pub fn app_call(
+        &self,
+        provider: &str,
+        dev_eui: u64,
+        port: u8,
+        fcnt: Option<u32>,
+        payload: &[u8],
+        at_us: i64,
+    ) -> Option<hub_plugin_sdk::abi::AppCall> {
+        let Codec::App(app) = self else {
+            return None;
+        };
+        let params = json!({
+            "payload_hex": crate::hex_encode(payload),
+            "port": port,
+            "dev_eui": format!("{dev_eui:016x}"),
+            "fcnt": fcnt,
+        });
+        Some(hub_plugin_sdk::abi::AppCall {
+            app: app.clone(),
+            params: params.as_object().cloned().unwrap_or_default(),
+            provider: provider.to_owned(),
+            service: "uplink".to_owned(),
+            timestamp_us: Some(at_us),
+        })
     }
 }
 
@@ -189,8 +230,29 @@ mod tests {
         }
         assert_eq!(cayenne(&[]).unwrap(), vec![]);
         assert_eq!(
-            Codec::Raw.decode(&[1, 0xAB]).unwrap(),
+            Codec::Raw.decode(&[1, 0xAB]).unwrap().unwrap(),
             vec![Reading { resource: "raw".into(), value: json!("01ab"), unit: None }]
         );
+    }
+
+    #[test]
+    fn app_codecs_are_named_and_run_by_the_host() {
+        let codec = Codec::by_name("app:parking-codec").unwrap();
+        assert_eq!(codec, Codec::App("parking-codec".to_owned()));
+        assert!(codec.decode(&[1, 2]).is_none(), "an app codec is not run in the adapter");
+        let call = codec.app_call("lora-0000000000000001", 1, 2, Some(7), &[1, 0xAB], 42).unwrap();
+        assert_eq!(
+            (call.app.as_str(), call.provider.as_str(), call.service.as_str()),
+            ("parking-codec", "lora-0000000000000001", "uplink")
+        );
+        assert_eq!(call.timestamp_us, Some(42));
+        assert_eq!(
+            serde_json::Value::Object(call.params),
+            json!({"payload_hex": "01ab", "port": 2, "dev_eui": "0000000000000001", "fcnt": 7})
+        );
+        assert!(Codec::Raw.app_call("p", 1, 2, None, &[], 0).is_none());
+        for bad in ["app:", "app:Bad", "app:a b", "plugin:x", "json"] {
+            assert!(Codec::by_name(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -144,7 +144,8 @@ impl Config {
             }
         })?;
         let codec = |key: &str, name: &str| {
-            Codec::by_name(name).ok_or_else(|| format!("{key}: must be \"cayenne\" or \"raw\", not {name:?}"))
+            Codec::by_name(name)
+                .ok_or_else(|| format!("{key}: must be \"cayenne\", \"raw\" or \"app:<plugin id>\", not {name:?}"))
         };
         let mut devices: Vec<DeviceConfig> = Vec::with_capacity(raw.devices.len());
         for (i, d) in raw.devices.into_iter().enumerate() {

@@ -288,12 +288,19 @@ impl LoRaWan {
         if self.devices.contains_key(&dev_eui) {
             self.announce(dev_eui, fx);
         }
-        let codec = self.devices.get(&dev_eui).map_or(self.config.default_codec, |d| d.config.codec);
+        let codec = self.devices.get(&dev_eui).map_or(&self.config.default_codec, |d| &d.config.codec);
         let mut values: Vec<(&str, Reading)> = Vec::new();
         if let Some(port) = fport.filter(|p| (1..=223).contains(p)) {
             match codec.decode(payload) {
-                Ok(readings) => values.extend(readings.into_iter().map(|r| ("uplink", r))),
-                Err(reason) => fx.warn(ctx, || format!("{provider}: payload on port {port} not decoded: {reason}")),
+                Some(Ok(readings)) => values.extend(readings.into_iter().map(|r| ("uplink", r))),
+                Some(Err(reason)) => {
+                    fx.warn(ctx, || format!("{provider}: payload on port {port} not decoded: {reason}"))
+                }
+                None => {
+                    if let Some(call) = codec.app_call(&provider, dev_eui, port, fcnt, payload, at_us) {
+                        fx.out.call_app(call);
+                    }
+                }
             }
         }
         let mut meta = |service: &'static str, resource: &str, value: Value, unit: Option<&'static str>| {
