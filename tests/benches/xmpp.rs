@@ -4,6 +4,8 @@
 //! 100), each publishing `XMPP_RATE` items a second (default 100) for `XMPP_SECONDS` seconds (default 10); each
 //! item carries three readings (speed, PM2.5, and its send time in µs).
 //!
+//! The trucks are slixmpp clients split over `XMPP_PROCESSES` Python processes (default 2).
+//!
 //! Reports: items the trucks sent and the server confirmed, items the hub received, items/s until the adapter
 //! applied them all (durable in SQLite by then), send → SSE event latency p50/p99 of every `sent_us` reading,
 //! and the adapter's counters.
@@ -15,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hub_e2e::{
     HubProcess, Launch,
-    prosody::{Prosody, hub_server_entry, run_sox_device},
+    prosody::{Prosody, hub_server_entry, run_sox_device_at},
     stream::{latencies, summary},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -57,31 +59,62 @@ async fn main() -> Result<()> {
     let hub = HubProcess::start(launch).await?;
 
     let expected = trucks * rate * seconds;
-    let events = hub.events("provider=truck-*&resource=sent_us").await;
-    let reader = tokio::spawn(latencies(events, expected as usize, Duration::from_secs(20), |event, received| {
-        event["value"].as_i64().map(|sent| received - sent)
-    }));
+    let processes = env_u64("XMPP_PROCESSES", 2).clamp(1, trucks);
+    // The trucks connect first and start publishing together, about 2 s + 50 ms per truck after launch
+    // (`sox_device.py load`); the stream opens just before that, so that its idle timeout only ends it after
+    // the load.
+    let start_delay = Duration::from_millis(1_000 + trucks.div_ceil(processes) * 50);
+    let (events_hub, idle) = (hub.base.clone(), Duration::from_secs(10));
+    let admin = hub.admin.clone();
+    let reader = tokio::spawn(async move {
+        tokio::time::sleep(start_delay).await;
+        let events = hub_e2e::client()
+            .get(format!("{events_hub}/api/v1/events?provider=truck-*&resource=sent_us"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .expect("the event stream");
+        latencies(events, expected as usize, idle, |event, received| {
+            event["value"].as_i64().map(|sent| received - sent)
+        })
+        .await
+    });
     let before = plugin_updates(&hub).await?;
-    println!("xmpp: {trucks} trucks × {rate} items/s × {seconds} s = {expected} items (3 readings each)");
+    println!(
+        "xmpp: {trucks} trucks × {rate} items/s × {seconds} s = {expected} items (3 readings each), published by \
+         {processes} slixmpp processes"
+    );
     let started = Instant::now();
-    let args = [
-        "load".to_owned(),
-        "--prefix".to_owned(),
-        "truck-".to_owned(),
-        "--devices".to_owned(),
-        trucks.to_string(),
-        "--rate".to_owned(),
-        rate.to_string(),
-        "--seconds".to_owned(),
-        seconds.to_string(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_sox_device(&server, &args).map(|out| (out, server))
-    })
-    .await??;
-    let (out, server) = out;
-    let report: Value = serde_json::from_str(out.lines().last().context("no report from the trucks")?)?;
+    let mut loads = Vec::new();
+    for p in 0..processes {
+        let share = trucks / processes + u64::from(p < trucks % processes);
+        let args = [
+            "load".to_owned(),
+            "--prefix".to_owned(),
+            format!("truck-{p}-"),
+            "--devices".to_owned(),
+            share.to_string(),
+            "--rate".to_owned(),
+            rate.to_string(),
+            "--seconds".to_owned(),
+            seconds.to_string(),
+        ];
+        let (address, ca) = (server.address(), server.ca_file());
+        loads.push(tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_sox_device_at(&address, &ca, &args)
+        }));
+    }
+    let mut report = json!({"sent": 0, "acked": 0, "errors": 0, "seconds": 0.0});
+    for load in loads {
+        let out = load.await??;
+        let one: Value = serde_json::from_str(out.lines().last().context("no report from the trucks")?)?;
+        for key in ["sent", "acked", "errors"] {
+            report[key] = json!(report[key].as_u64().unwrap_or(0) + one[key].as_u64().unwrap_or(0));
+        }
+        let longest = report["seconds"].as_f64().unwrap_or(0.0).max(one["seconds"].as_f64().unwrap_or(0.0));
+        report["seconds"] = json!(longest);
+    }
     let sent = report["sent"].as_u64().context("sent")?;
     println!(
         "xmpp: trucks sent {sent} items in {} s ({:.0} items/s offered), server confirmed {}, errors {}",
@@ -123,7 +156,7 @@ async fn main() -> Result<()> {
         s["calls"], s["updates"], s["errors"], s["dropped"], s["rejects"], s["latency_p50_us"], s["latency_p99_us"]
     );
     println!("xmpp: transport counters {counters}");
-    drop(server);
     hub.stop()?;
+    drop(server);
     Ok(())
 }

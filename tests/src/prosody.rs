@@ -173,11 +173,17 @@ pub fn sox_device_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("xmpp/sox_device.py")
 }
 
-/// Runs the device script with `args` (after the connection arguments) and returns its standard output.
+/// Runs the device script against `server` with `args` (after the connection arguments) and returns its
+/// standard output.
 pub fn run_sox_device(server: &Prosody, args: &[&str]) -> Result<String> {
+    run_sox_device_at(&server.address(), &server.ca_file(), args)
+}
+
+/// [`run_sox_device`] for a server known by its address and CA file (e.g. from another thread).
+pub fn run_sox_device_at(address: &str, ca: &Path, args: &[&str]) -> Result<String> {
     let output = Command::new("python3")
         .arg(sox_device_script())
-        .args(["--address", &server.address(), "--ca", &server.ca_file().display().to_string()])
+        .args(["--address", address, "--ca", &ca.display().to_string()])
         .args(["--jid", &format!("{DEVICE_USER}@{DOMAIN}"), "--password", PASSWORD, "--service", PUBSUB])
         .args(args)
         .output()?;

@@ -172,7 +172,7 @@ async def run_load_device(args, index, start_at, stats):
     time in µs as `sent_us`, for latency), sent as raw stanzas with at most `window` publishes waiting for their
     answer."""
     name = f"{args.prefix}{index}"
-    dev = Device(args, f"load{index}")
+    dev = Device(args, f"load-{name}")
     await dev.open()
     for node in (f"{name}_meta", f"{name}_data"):
         await dev.ensure_node(node)

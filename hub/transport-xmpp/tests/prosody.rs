@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hub_e2e::prosody::{self, PUBSUB, Prosody, run_sox_device};
+use hub_e2e::prosody::{self, PUBSUB, Prosody, run_sox_device, run_sox_device_at};
 use hub_plugin_sdk::abi::{InboundMessage, OutboundMessage, transport};
 use hub_runtime::Outbound;
 use hub_transport_xmpp::{ServerConfig, XmppConfig, XmppTransport};
@@ -47,26 +47,8 @@ fn device(server: &Prosody, args: Vec<String>) -> tokio::task::JoinHandle<String
     let (address, ca) = (server.address(), server.ca_file());
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_sox_device_at(&address, &ca, &args)
+        run_sox_device_at(&address, &ca, &args).unwrap()
     })
-}
-
-fn run_sox_device_at(address: &str, ca: &std::path::Path, args: &[&str]) -> String {
-    let output = std::process::Command::new("python3")
-        .arg(prosody::sox_device_script())
-        .args(["--address", address, "--ca", &ca.display().to_string()])
-        .args(["--jid", &format!("{}@{}", prosody::DEVICE_USER, prosody::DOMAIN), "--password", prosody::PASSWORD])
-        .args(["--service", PUBSUB])
-        .args(args)
-        .output()
-        .expect("running sox_device.py");
-    assert!(
-        output.status.success(),
-        "sox_device.py {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// A payload as text, with attribute quotes made single (the serializer picks its own).
