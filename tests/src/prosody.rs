@@ -48,8 +48,17 @@ fn as_prosody(program: &Path) -> Command {
 
 impl Prosody {
     /// Starts a server with the two test accounts (`sox@localhost` an admin, `hub@localhost`); c2s needs TLS
-    /// unless `require_tls` is false.
+    /// unless `require_tls` is false. Publish-subscribe nodes and items live in memory (fast; gone on restart).
     pub fn start(require_tls: bool) -> Result<Prosody> {
+        Prosody::start_with(require_tls, false)
+    }
+
+    /// [`Prosody::start`] with publish-subscribe nodes and items stored on disk, so they survive a restart.
+    pub fn start_persistent(require_tls: bool) -> Result<Prosody> {
+        Prosody::start_with(require_tls, true)
+    }
+
+    fn start_with(require_tls: bool, persistent: bool) -> Result<Prosody> {
         let prosody = require_program("prosody", "apt-get install prosody");
         require_program("openssl", "apt-get install openssl");
         let dir = tempfile::Builder::new().prefix("hub-prosody-").tempdir()?;
@@ -58,7 +67,7 @@ impl Prosody {
         make_certificates(root)?;
         let port = free_port();
         let config = root.join("prosody.cfg.lua");
-        fs::write(&config, config_text(root, port, require_tls))?;
+        fs::write(&config, config_text(root, port, require_tls, persistent))?;
         // Prosody drops to its own user: its directory must be its own.
         fs::set_permissions(root, fs::Permissions::from_mode(0o755))?;
         let status = Command::new("chown").args(["-R", "prosody:prosody"]).arg(root).status()?;
@@ -242,8 +251,13 @@ fn make_certificates(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn config_text(root: &Path, port: u16, require_tls: bool) -> String {
+fn config_text(root: &Path, port: u16, require_tls: bool, persistent: bool) -> String {
     let root = root.display();
+    let storage = if persistent {
+        r#"storage = "internal""#
+    } else {
+        r#"storage = { pubsub_nodes = "memory"; pubsub_data = "memory" }"#
+    };
     format!(
         r#"-- Written by the hub's tests.
 daemonize = false
@@ -258,7 +272,7 @@ s2s_ports = {{ }}
 c2s_require_encryption = {require_tls}
 allow_unencrypted_plain_auth = {plain}
 authentication = "internal_hashed"
-storage = {{ pubsub_nodes = "memory"; pubsub_data = "memory" }}
+{storage}
 log = {{ info = "{root}/prosody.log"; error = "{root}/prosody.err" }}
 ssl = {{ certificate = "{root}/localhost.crt"; key = "{root}/localhost.key" }}
 VirtualHost "{DOMAIN}"

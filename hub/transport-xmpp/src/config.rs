@@ -63,6 +63,10 @@ pub struct ServerConfig {
     /// published before (a device's description) is known at once. Other nodes deliver new items only.
     #[serde(default = "default_fetch_latest")]
     pub fetch_latest: Vec<String>,
+    /// After a lost session, how many stored items of a node are fetched to find those published while the hub
+    /// was away (0: no catch-up).
+    #[serde(default = "default_catch_up_items")]
+    pub catch_up_items: usize,
     /// The largest item payload accepted or published, in bytes; larger items are dropped and counted.
     #[serde(default = "default_max_item_bytes")]
     pub max_item_bytes: usize,
@@ -98,6 +102,9 @@ fn default_discover_interval() -> u64 {
 fn default_fetch_latest() -> Vec<String> {
     vec!["*_meta".to_owned()]
 }
+fn default_catch_up_items() -> usize {
+    256
+}
 fn default_max_item_bytes() -> usize {
     64 * 1024
 }
@@ -128,6 +135,7 @@ impl ServerConfig {
             ca_file: None,
             discover_interval_ms: default_discover_interval(),
             fetch_latest: default_fetch_latest(),
+            catch_up_items: default_catch_up_items(),
             max_item_bytes: default_max_item_bytes(),
             max_nodes: default_max_nodes(),
             request_timeout_ms: default_request_timeout(),

@@ -3,7 +3,8 @@
 //! Each `[[xmpp.servers]]` entry is one client session (STARTTLS with the system roots or a `ca_file`, SASL,
 //! resource binding, reconnect with backoff) and one publish-subscribe service on that server. The transport
 //! subscribes to the service's nodes that the plugins' grants name (`capabilities.xmpp.subscribe`, globs with
-//! `*`), finds nodes created later by listing the service again, and turns every item published on a followed
+//! `*`), finds nodes created later by listing the service again, catches up on items published while a session
+//! was lost, and turns every item published on a followed
 //! node into one [`InboundMessage`](hub_plugin_sdk::abi::InboundMessage) on a bounded channel the caller owns:
 //! transport `xmpp`, address the node, payload the item's payload element as XML text. Outbound messages from
 //! plugins (transport `xmpp`, address a node) are published as items on that node. What the XML means (SOX

@@ -7,6 +7,12 @@
 //! match `fetch_latest`. The list is taken again every `discover_interval_ms` and whenever the plugins' globs
 //! change, so nodes created later are followed too.
 //!
+//! After a lost session, each node the link had delivered items of is caught up when it is subscribed again: the
+//! service's stored items are fetched (`catch_up_items`, oldest first) and those after the last one delivered are
+//! handed over, so items published while the hub was away are not lost as long as the node still holds them. The
+//! last few item ids of each node are remembered, and an item delivered once is not delivered again (a catch-up
+//! and a live event can carry the same item).
+//!
 //! Each item of a pubsub event from the configured service becomes one `InboundMessage`; handing it over waits
 //! for room in the hub's queue, so a slow plugin slows the XMPP session (TCP back-pressure to the server), and
 //! nothing is dropped on the hub's side. Events from any other sender are dropped and counted (anyone can send
@@ -16,7 +22,7 @@
 //! back through a channel, so events keep flowing while requests are outstanding.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -72,6 +78,9 @@ pub(crate) struct LinkCounters {
     pub subscriptions: AtomicU64,
     pub subscribe_errors: AtomicU64,
     pub published: AtomicU64,
+    pub caught_up: AtomicU64,
+    pub catch_up_gaps: AtomicU64,
+    pub duplicates: AtomicU64,
     pub publish_errors: AtomicU64,
     pub discover_errors: AtomicU64,
 }
@@ -96,11 +105,31 @@ pub struct LinkStatus {
 /// An item's id, publisher and payload element.
 type Item = (Option<String>, Option<String>, Element);
 
+/// How many item ids of each node are remembered to recognise an item delivered twice.
+const RECENT_IDS: usize = 32;
+
+/// What a link remembers of a node's items across sessions.
+#[derive(Default)]
+pub(crate) struct Seen {
+    /// The id of the last item delivered.
+    last: Option<String>,
+    /// The ids of the last items delivered, oldest first.
+    recent: VecDeque<String>,
+}
+
+/// Why items were fetched.
+enum Fetch {
+    /// The newest item, on subscribing (`fetch_latest`).
+    Latest,
+    /// The stored items after the one delivered last (`after`), on subscribing again after a lost session.
+    CatchUp { after: String },
+}
+
 /// What the event loop learns from a request's answer.
 enum Answer {
     Nodes(Result<Vec<String>, String>),
     Subscribed(String, Result<(), String>),
-    Items(String, Result<Vec<Item>, String>),
+    Items(String, Fetch, Result<Vec<Item>, String>),
     Published(String, Result<(), String>),
 }
 
@@ -115,6 +144,8 @@ pub(crate) struct Link {
     pub patterns: watch::Receiver<Arc<Vec<Glob>>>,
     pub outbound: mpsc::Receiver<OutboundMessage>,
     pub cancel: CancellationToken,
+    /// Per node, the items delivered (kept across sessions, for catching up).
+    pub seen: Mutex<HashMap<String, Seen>>,
 }
 
 /// The session-scoped state: reset on each (re)connection.
@@ -163,25 +194,32 @@ impl Link {
                     Some(Event::Stanza(_)) => {}
                     None => break,
                 },
-                _ = discover.tick(), if session.online => self.request_nodes(&mut client, &answers_tx).await,
+                _ = discover.tick(), if self.up(&session) => self.request_nodes(&mut client, &answers_tx).await,
                 changed = self.patterns.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    if session.online {
+                    if self.up(&session) {
                         self.subscribe_matching(&mut client, &mut session, &answers_tx).await;
                     }
                 }
                 Some(answer) = answers.recv() => {
                     self.on_answer(answer, &mut client, &mut session, &fetch_latest, &answers_tx).await;
                 }
-                Some(message) = self.outbound.recv(), if session.online => {
+                Some(message) = self.outbound.recv(), if self.up(&session) => {
                     self.publish(&mut client, message, &answers_tx).await;
                 }
             }
         }
         self.shared.connected.store(false, Ordering::Relaxed);
         let _ = client.send_end().await;
+    }
+
+    /// Whether requests may be sent: the session is up and no reconnection has begun since. While the library
+    /// reconnects, nothing is queued (its queue is bounded, and a full one would stall this loop and with it the
+    /// events that tell of the new session).
+    fn up(&self, session: &Session) -> bool {
+        session.online && self.shared.connected.load(Ordering::Relaxed)
     }
 
     /// Sends `payload` as an IQ to the service; its answer comes back as `make(result)`.
@@ -270,7 +308,7 @@ impl Link {
     ) {
         match answer {
             Answer::Nodes(Ok(nodes)) => {
-                if session.online {
+                if self.up(session) {
                     session.known = nodes;
                     self.subscribe_matching(client, session, answers).await;
                 }
@@ -282,12 +320,15 @@ impl Link {
             Answer::Subscribed(node, result) => {
                 session.pending.remove(&node);
                 match result {
-                    Ok(()) if session.online => {
+                    Ok(()) if self.up(session) => {
                         add(&self.shared.counters.subscriptions, 1);
                         session.subscribed.insert(node.clone());
                         self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone());
+                        let after = self.seen().get(&node).and_then(|seen| seen.last.clone());
                         if fetch_latest.iter().any(|glob| glob.matches(&node)) {
-                            self.fetch_latest(client, node, answers).await;
+                            self.fetch(client, node, Fetch::Latest, answers).await;
+                        } else if let Some(after) = after.filter(|_| self.config.catch_up_items > 0) {
+                            self.fetch(client, node, Fetch::CatchUp { after }, answers).await;
                         }
                     }
                     Ok(()) => {}
@@ -297,13 +338,29 @@ impl Link {
                     }
                 }
             }
-            Answer::Items(node, Ok(items)) => {
+            Answer::Items(node, Fetch::Latest, Ok(items)) => {
                 for (id, publisher, payload) in items {
                     self.deliver(&node, id, publisher, &payload).await;
                 }
             }
-            Answer::Items(node, Err(e)) => {
-                self.shared.fail(format!("{}: fetching the newest item of {node:?}: {e}", self.name));
+            Answer::Items(node, Fetch::CatchUp { after }, Ok(items)) => {
+                // Oldest first: what follows the last item delivered was published while the hub was away.
+                let start = match items.iter().position(|(id, _, _)| id.as_deref() == Some(after.as_str())) {
+                    Some(i) => i + 1,
+                    None => {
+                        // More items than the node keeps, or than `catch_up_items`, went by (or the node is new).
+                        add(&self.shared.counters.catch_up_gaps, 1);
+                        0
+                    }
+                };
+                for (id, publisher, payload) in items.into_iter().skip(start) {
+                    if self.deliver(&node, id, publisher, &payload).await {
+                        add(&self.shared.counters.caught_up, 1);
+                    }
+                }
+            }
+            Answer::Items(node, _, Err(e)) => {
+                self.shared.fail(format!("{}: fetching stored items of {node:?}: {e}", self.name));
             }
             Answer::Published(_, Ok(())) => add(&self.shared.counters.published, 1),
             Answer::Published(node, Err(e)) => {
@@ -313,8 +370,16 @@ impl Link {
         }
     }
 
-    async fn fetch_latest(&self, client: &mut Client, node: String, answers: &mpsc::UnboundedSender<Answer>) {
-        let xml = format!("<pubsub xmlns='{NS_PUBSUB}'><items node='{}' max_items='1'/></pubsub>", escape(&node));
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn fetch(&self, client: &mut Client, node: String, why: Fetch, answers: &mpsc::UnboundedSender<Answer>) {
+        let max = match why {
+            Fetch::Latest => 1,
+            Fetch::CatchUp { .. } => self.config.catch_up_items,
+        };
+        let xml = format!("<pubsub xmlns='{NS_PUBSUB}'><items node='{}' max_items='{max}'/></pubsub>", escape(&node));
         let Ok(payload) = xml.parse::<Element>() else {
             return;
         };
@@ -328,7 +393,7 @@ impl Link {
                     .filter_map(item_parts)
                     .collect()
             });
-            Answer::Items(node, items)
+            Answer::Items(node, why, items)
         })
         .await;
     }
@@ -371,11 +436,25 @@ impl Link {
         }
     }
 
-    async fn deliver(&self, node: &str, id: Option<String>, publisher: Option<String>, payload: &Element) {
+    /// Hands one item to the hub, unless it was delivered already; returns whether it was handed over.
+    async fn deliver(&self, node: &str, id: Option<String>, publisher: Option<String>, payload: &Element) -> bool {
+        if let Some(id) = &id {
+            let mut seen = self.seen();
+            let seen = seen.entry(node.to_owned()).or_default();
+            if seen.recent.contains(id) {
+                add(&self.shared.counters.duplicates, 1);
+                return false;
+            }
+            if seen.recent.len() == RECENT_IDS {
+                seen.recent.pop_front();
+            }
+            seen.recent.push_back(id.clone());
+            seen.last = Some(id.clone());
+        }
         let text = String::from(payload);
         if text.len() > self.config.max_item_bytes {
             add(&self.shared.counters.dropped_oversized, 1);
-            return;
+            return false;
         }
         let mut metadata = BTreeMap::new();
         metadata.insert(META_SERVER.to_owned(), self.name.clone());
@@ -395,7 +474,7 @@ impl Link {
         };
         add(&self.shared.counters.items_in, 1);
         // Waiting here is the back-pressure: the session is not read while the hub's queue is full.
-        let _ = self.inbound.send(message).await;
+        self.inbound.send(message).await.is_ok()
     }
 }
 

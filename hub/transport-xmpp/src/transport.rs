@@ -50,6 +50,12 @@ pub struct XmppStats {
     pub published: u64,
     /// Publishes that failed (refused by the service, unanswered, malformed payload).
     pub publish_errors: u64,
+    /// Items handed over by catching up after a lost session (published while the hub was away).
+    pub caught_up: u64,
+    /// Catch-ups that did not find the last item delivered among the stored ones: items may have been missed.
+    pub catch_up_gaps: u64,
+    /// Items not handed over again because they already were (a catch-up and a live event both carried them).
+    pub duplicates: u64,
     /// Node listings that failed.
     pub discover_errors: u64,
 }
@@ -99,6 +105,7 @@ impl XmppTransport {
                 patterns: patterns.subscribe(),
                 outbound: outbound_rx,
                 cancel: cancel.child_token(),
+                seen: Default::default(),
             };
             tasks.push(tokio::spawn(link.run(client)));
             links.push(LinkHandle { name: server.name.clone(), shared, outbound: outbound_tx });
@@ -153,6 +160,9 @@ impl XmppTransport {
             stats.subscribe_errors += get(&c.subscribe_errors);
             stats.published += get(&c.published);
             stats.publish_errors += get(&c.publish_errors);
+            stats.caught_up += get(&c.caught_up);
+            stats.catch_up_gaps += get(&c.catch_up_gaps);
+            stats.duplicates += get(&c.duplicates);
             stats.discover_errors += get(&c.discover_errors);
         }
         stats

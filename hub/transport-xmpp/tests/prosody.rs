@@ -147,6 +147,42 @@ async fn a_restarted_server_is_reconnected_and_its_nodes_followed_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_published_while_the_link_is_down_are_caught_up_once() {
+    let mut server = Prosody::start_persistent(true).unwrap();
+    run_sox_device(&server, &["meta", "--device", "tram-3", "--transducer", "load,Load,%,0,100"]).unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let xmpp = XmppTransport::start(&config(&server), tx).unwrap();
+    xmpp.set_subscriptions(&strings(&["*_data"]));
+    wait_until("the data node followed", || xmpp.links()[0].nodes == 1).await;
+    run_sox_device(&server, &["data", "--device", "tram-3", "--value", "load=1"]).unwrap();
+    assert!(text_of(&next_on(&mut rx, "tram-3_data").await).contains("typedValue='1'"));
+
+    // The server goes away; the link retries with a growing backoff. After the fourth failed attempt the next
+    // one is 8 s away: the server comes back and two items are published while the hub is still away.
+    server.stop();
+    wait_until("four failed attempts", || xmpp.stats().connect_errors >= 4).await;
+    server.restart().unwrap();
+    run_sox_device(&server, &["data", "--device", "tram-3", "--value", "load=2"]).unwrap();
+    run_sox_device(&server, &["data", "--device", "tram-3", "--value", "load=3"]).unwrap();
+    // The link's next attempt is up to 16 s away (the backoff doubles up to 30 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while xmpp.stats().caught_up < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "not caught up: {:?} {:?}", xmpp.stats(), xmpp.links());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text_of(&next_on(&mut rx, "tram-3_data").await).contains("typedValue='2'"));
+    assert!(text_of(&next_on(&mut rx, "tram-3_data").await).contains("typedValue='3'"));
+    let stats = xmpp.stats();
+    assert_eq!((stats.caught_up, stats.catch_up_gaps), (2, 0), "{stats:?}");
+
+    // Nothing is delivered twice, and live items flow again.
+    run_sox_device(&server, &["data", "--device", "tram-3", "--value", "load=4"]).unwrap();
+    assert!(text_of(&next_on(&mut rx, "tram-3_data").await).contains("typedValue='4'"));
+    assert!(rx.try_recv().is_err(), "no item twice");
+    xmpp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_and_reported() {
     let server = Prosody::start(true).unwrap();
     let mut config = config(&server);
