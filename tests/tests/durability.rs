@@ -118,14 +118,16 @@ async fn postgres_backend_keeps_state_and_history_across_restart() {
         .collect();
     let (s, v) = hub.post("/api/v1/ingest", &json!({"updates": updates})).await.unwrap();
     assert_eq!(s, 200, "{v}");
-    assert!(hub.stop().unwrap().success());
+    let status = hub.stop().unwrap();
+    assert!(status.success(), "the hub's exit: {status}");
     assert!(!dir.path().join("hub.db").exists(), "PostgreSQL was used, not SQLite");
 
     let hub = HubProcess::start(launch()).await.unwrap();
     assert_eq!(history_values(&hub, "bus.12").await, (0..20).collect::<Vec<_>>());
     let (_, r) = hub.get("/api/v1/providers/bus.12/services/load/resources/seq").await.unwrap();
     assert_eq!(r["value"], 19);
-    assert!(hub.stop().unwrap().success());
+    let status = hub.stop().unwrap();
+    assert!(status.success(), "the hub's exit: {status}");
     let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     pg.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();

@@ -336,12 +336,13 @@ async fn serve(config: Config) -> Result<()> {
             tracing::debug!("TCP_NODELAY not set on a connection: {e}");
         }
     });
+    let shutdown = shutdown_signal();
     let server_cancel = cancel.clone();
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(server_cancel.cancelled_owned()).await
     });
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = shutdown => {}
         result = &mut server => {
             return Err(anyhow::anyhow!("the HTTP server stopped unexpectedly: {result:?}"));
         }
@@ -536,21 +537,26 @@ async fn retention_loop(twin: Arc<Twin>, rules: Vec<RetentionPolicy>, every: Dur
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
+/// Registers the handlers of SIGINT and SIGTERM now and returns what waits for either. Registering before the
+/// server answers anything matters: a signal that comes before registration gets the default action (the
+/// process dies at once, nothing flushed), and a supervisor may well send one as soon as the hub answers.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async fn wait(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending::<()>().await,
+            None => std::future::pending::<()>().await,
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    }
+    async move {
+        tokio::select! {
+            _ = wait(interrupt) => {},
+            _ = wait(terminate) => {},
+        }
     }
 }
 
