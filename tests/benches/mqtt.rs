@@ -88,18 +88,9 @@ async fn relay(addr: SocketAddr, messages: usize, tag: &str) -> Result<(usize, f
     Ok((received, received as f64 / last.saturating_duration_since(start).as_secs_f64().max(1e-9)))
 }
 
-/// The adapter's `updates` counter.
-async fn adapter_updates(hub: &HubProcess) -> Result<u64> {
-    let (status, info) = hub.get("/api/v1/plugins/mqtt").await?;
-    if status != 200 {
-        bail!("GET /plugins/mqtt answered {status}: {info}");
-    }
-    info["stats"]["updates"].as_u64().context("no updates counter")
-}
-
 /// Publishes `messages` readings as fast as one client can; messages/s until the adapter has applied them.
 async fn throughput(hub: &HubProcess, addr: SocketAddr, messages: usize, tag: &str) -> Result<(u64, f64)> {
-    let before = adapter_updates(hub).await?;
+    let before = hub.plugin_stat("mqtt", "updates").await?;
     let (client, driver) = publisher(addr, &format!("load-{tag}")).await;
     let topics: Vec<String> = (0..PROVIDERS).map(|p| format!("hub/up/bench-{tag}-{p}/power/watts")).collect();
     let start = Instant::now();
@@ -107,19 +98,8 @@ async fn throughput(hub: &HubProcess, addr: SocketAddr, messages: usize, tag: &s
         client.publish(&topics[i % PROVIDERS], QoS::AtMostOnce, false, i.to_string()).await?;
     }
     let published = start.elapsed();
-    // Wait until every reading is applied, or nothing moves for 5 s (what was lost is lost).
-    let (mut applied, mut last_change, mut done_at) = (before, Instant::now(), Instant::now());
-    while applied - before < messages as u64 && last_change.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = adapter_updates(hub).await?;
-        if now != applied {
-            applied = now;
-            last_change = Instant::now();
-            done_at = last_change;
-        }
-    }
+    let (delivered, done_at) = hub.wait_applied("mqtt", before, messages as u64, Duration::from_secs(5)).await?;
     driver.abort();
-    let delivered = applied - before;
     let secs = done_at.saturating_duration_since(start).as_secs_f64().max(1e-9);
     println!("    published in {:.2} s by the load generator", published.as_secs_f64());
     Ok((delivered, delivered as f64 / secs))

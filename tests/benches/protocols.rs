@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use base64::Engine as _;
 use coap_lite::{ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use hub_e2e::{
@@ -38,30 +38,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A plugin's counter from `GET /api/v1/plugins/{id}`.
-async fn plugin_stat(hub: &HubProcess, id: &str, stat: &str) -> Result<u64> {
-    let (status, info) = hub.get(&format!("/api/v1/plugins/{id}")).await?;
-    if status != 200 {
-        bail!("GET /plugins/{id} answered {status}: {info}");
-    }
-    info["stats"][stat].as_u64().with_context(|| format!("no {stat} counter: {info}"))
-}
-
-/// Waits until plugin `id` applied `want` more updates than `before` (or nothing moved for 5 s); returns how
-/// many it applied and when the last one came.
-async fn wait_applied(hub: &HubProcess, id: &str, before: u64, want: u64) -> Result<(u64, Instant)> {
-    let (mut applied, mut last_change) = (before, Instant::now());
-    while applied - before < want && last_change.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let now = plugin_stat(hub, id, "updates").await?;
-        if now != applied {
-            applied = now;
-            last_change = Instant::now();
-        }
-    }
-    Ok((applied - before, last_change))
 }
 
 fn coap_post(message_id: u16, provider: &str, value: i64) -> Vec<u8> {
@@ -115,7 +91,7 @@ async fn coap(hub: &HubProcess) -> Result<()> {
     let (clients, window) = (env_usize("COAP_CLIENTS", 4), env_usize("COAP_WINDOW", 32));
     let per_client = env_usize("COAP_REQUESTS", 100_000) / clients;
     let total = per_client * clients;
-    let before = plugin_stat(hub, "coap", "updates").await?;
+    let before = hub.plugin_stat("coap", "updates").await?;
     let start = Instant::now();
     let tasks: Vec<_> =
         (0..clients).map(|c| tokio::spawn(coap_client(addr, c, per_client, window.min(60_000)))).collect();
@@ -124,7 +100,7 @@ async fn coap(hub: &HubProcess) -> Result<()> {
         changed += task.await??;
     }
     let answered_in = start.elapsed().as_secs_f64();
-    let (applied, done) = wait_applied(hub, "coap", before, total as u64).await?;
+    let (applied, done) = hub.wait_applied("coap", before, total as u64, Duration::from_secs(5)).await?;
     let applied_in = done.saturating_duration_since(start).as_secs_f64().max(1e-9);
     println!(
         "coap: {clients} clients × {window} in flight: {changed}/{total} answered 2.04 at {:.0} req/s; {applied} \
@@ -165,7 +141,7 @@ async fn coap(hub: &HubProcess) -> Result<()> {
         measured.len(),
         summary(&measured)
     );
-    print_plugin(hub, "coap").await
+    hub.print_plugin("coap").await
 }
 
 fn keys(d: usize) -> (String, String) {
@@ -255,7 +231,7 @@ async fn lorawan(hub: &HubProcess) -> Result<()> {
     };
 
     // Throughput: datagrams of 8 frames, a few in flight (the transport acknowledges each PUSH_DATA).
-    let before = plugin_stat(hub, "lorawan", "updates").await?;
+    let before = hub.plugin_stat("lorawan", "updates").await?;
     let start = Instant::now();
     for (i, chunk) in bulk.chunks(8).enumerate() {
         let phys: Vec<&[u8]> = chunk.iter().map(|(_, _, phy)| phy.as_slice()).collect();
@@ -264,7 +240,7 @@ async fn lorawan(hub: &HubProcess) -> Result<()> {
     }
     let sent_in = start.elapsed().as_secs_f64();
     // Updates per frame: the Cayenne readings (2) plus radio and lorawan resources.
-    let (probe, _) = wait_applied(hub, "lorawan", before, 1).await?;
+    let (probe, _) = hub.wait_applied("lorawan", before, 1, Duration::from_secs(5)).await?;
     anyhow::ensure!(probe > 0, "the LoRaWAN adapter applied nothing");
     let mut fcnts_done = 0;
     let deadline = Instant::now() + RUN_TIMEOUT;
@@ -319,17 +295,7 @@ async fn lorawan(hub: &HubProcess) -> Result<()> {
         paced.len(),
         summary(&measured)
     );
-    print_plugin(hub, "lorawan").await
-}
-
-async fn print_plugin(hub: &HubProcess, id: &str) -> Result<()> {
-    let (_, info) = hub.get(&format!("/api/v1/plugins/{id}")).await?;
-    let s = &info["stats"];
-    println!(
-        "{id}: adapter calls {}, updates {}, errors {}, dropped {}, rejects {}, call p50 {} µs, p99 {} µs",
-        s["calls"], s["updates"], s["errors"], s["dropped"], s["rejects"], s["latency_p50_us"], s["latency_p99_us"]
-    );
-    Ok(())
+    hub.print_plugin("lorawan").await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use hub_e2e::{
     HubProcess, Launch,
     prosody::{Prosody, hub_server_entry, run_sox_device_at},
@@ -24,14 +24,6 @@ use serde_json::{Value, json};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-async fn plugin_updates(hub: &HubProcess) -> Result<u64> {
-    let (status, info) = hub.get("/api/v1/plugins/xmpp").await?;
-    if status != 200 {
-        bail!("GET /plugins/xmpp answered {status}: {info}");
-    }
-    info["stats"]["updates"].as_u64().context("no updates counter")
 }
 
 async fn xmpp_counters(hub: &HubProcess) -> Result<Value> {
@@ -79,7 +71,7 @@ async fn main() -> Result<()> {
         })
         .await
     });
-    let before = plugin_updates(&hub).await?;
+    let before = hub.plugin_stat("xmpp", "updates").await?;
     println!(
         "xmpp: {trucks} trucks × {rate} items/s × {seconds} s = {expected} items (3 readings each), published by \
          {processes} slixmpp processes"
@@ -127,34 +119,19 @@ async fn main() -> Result<()> {
     // Every item is applied once its three readings are (each truck's meta adds no updates: sensors are
     // declared with their first values).
     let want = sent * 3;
-    let (mut applied, mut last_change) = (before, Instant::now());
-    let mut done_at = Instant::now();
-    while applied - before < want && last_change.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = plugin_updates(&hub).await?;
-        if now != applied {
-            applied = now;
-            last_change = Instant::now();
-            done_at = last_change;
-        }
-    }
+    let (applied, done_at) = hub.wait_applied("xmpp", before, want, Duration::from_secs(10)).await?;
     let elapsed = done_at.duration_since(started).as_secs_f64();
     let counters = xmpp_counters(&hub).await?;
     println!(
         "xmpp: hub received {} items, applied {} of {want} readings; {:.0} items/s from the first publish to the \
          last commit",
         counters["items_in"],
-        applied - before,
-        (applied - before) as f64 / 3.0 / elapsed
+        applied,
+        applied as f64 / 3.0 / elapsed
     );
     let measured = reader.await?;
     println!("xmpp: publish → SSE event ({} readings): {}", measured.len(), summary(&measured));
-    let (_, info) = hub.get("/api/v1/plugins/xmpp").await?;
-    let s = &info["stats"];
-    println!(
-        "xmpp: adapter calls {}, updates {}, errors {}, dropped {}, rejects {}, call p50 {} µs, p99 {} µs",
-        s["calls"], s["updates"], s["errors"], s["dropped"], s["rejects"], s["latency_p50_us"], s["latency_p99_us"]
-    );
+    hub.print_plugin("xmpp").await?;
     println!("xmpp: transport counters {counters}");
     hub.stop()?;
     drop(server);

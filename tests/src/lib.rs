@@ -234,6 +234,41 @@ impl HubProcess {
         }
     }
 
+    /// A plugin's counter from `GET /api/v1/plugins/{id}` (`updates`, `calls`, ...).
+    pub async fn plugin_stat(&self, id: &str, stat: &str) -> Result<u64> {
+        let (status, info) = self.get(&format!("/api/v1/plugins/{id}")).await?;
+        if status != 200 {
+            bail!("GET /plugins/{id} answered {status}: {info}");
+        }
+        info["stats"][stat].as_u64().with_context(|| format!("no {stat} counter: {info}"))
+    }
+
+    /// Waits until plugin `id` applied `want` more updates than `before`, or nothing moved for `idle` (what was
+    /// lost is lost); returns how many it applied and when the last one came.
+    pub async fn wait_applied(&self, id: &str, before: u64, want: u64, idle: Duration) -> Result<(u64, Instant)> {
+        let (mut applied, mut last_change) = (before, Instant::now());
+        while applied - before < want && last_change.elapsed() < idle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.plugin_stat(id, "updates").await?;
+            if now != applied {
+                applied = now;
+                last_change = Instant::now();
+            }
+        }
+        Ok((applied - before, last_change))
+    }
+
+    /// Prints a plugin's counters and call latency on one line.
+    pub async fn print_plugin(&self, id: &str) -> Result<()> {
+        let (_, info) = self.get(&format!("/api/v1/plugins/{id}")).await?;
+        let s = &info["stats"];
+        println!(
+            "{id}: adapter calls {}, updates {}, errors {}, dropped {}, rejects {}, call p50 {} µs, p99 {} µs",
+            s["calls"], s["updates"], s["errors"], s["dropped"], s["rejects"], s["latency_p50_us"], s["latency_p99_us"]
+        );
+        Ok(())
+    }
+
     /// `GET /api/v1/metrics` as admin: the OpenMetrics text.
     pub async fn metrics(&self) -> String {
         let res = client().get(format!("{}/api/v1/metrics", self.base)).bearer_auth(&self.admin).send().await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hub_e2e::{
     HubProcess, Launch,
-    prosody::{Prosody, hub_server_entry, run_sox_device, sox_device_script},
+    prosody::{Prosody, hub_server_entry, run_sox_device, run_sox_device_at},
 };
 use serde_json::{Value, json};
 
@@ -98,28 +98,19 @@ async fn sox_devices_become_providers_and_act_reaches_them() {
     assert!(xmpp["counters"]["items_in"].as_u64().unwrap() >= 2, "{xmpp}");
 
     // ACT on the actuator publishes a SOX command on the device's data node, which the device hears.
-    let script = sox_device_script();
     let (address, ca) = (server.address(), server.ca_file());
     let data_node = format!("{device}_data");
     let listener = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("python3")
-            .arg(script)
-            .args(["--address", &address, "--ca", &ca.display().to_string()])
-            .args(["--jid", "sox@localhost", "--password", hub_e2e::prosody::PASSWORD, "--service", "pubsub.localhost"])
-            .args(["listen", "--node", &data_node, "--count", "1"])
-            .output()
-            .unwrap()
+        run_sox_device_at(&address, &ca, &["listen", "--node", &data_node, "--count", "1"])
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     let act = format!("/api/v1/providers/{provider}/services/sox-act/resources/light/act");
     let (status, body) = hub.post(&act, &json!({"params": {"value": 1}})).await.unwrap();
     assert_eq!(status, 200, "{body}");
-    let heard = listener.await.unwrap();
-    let stdout = String::from_utf8_lossy(&heard.stdout).replace("\\\"", "'");
-    assert!(heard.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&heard.stderr));
+    let heard = listener.await.unwrap().unwrap().replace("\\\"", "'");
     assert!(
-        stdout.contains("transducerSetValue") && stdout.contains("id='light'") && stdout.contains("typedValue='1'"),
-        "{stdout}"
+        heard.contains("transducerSetValue") && heard.contains("id='light'") && heard.contains("typedValue='1'"),
+        "{heard}"
     );
 
     hub.stop().unwrap();

@@ -116,9 +116,9 @@ impl Applier {
         let mut calls = Vec::new();
         let mut replies = Vec::new();
         for applied in group {
-            let Applied { output, fallback_us, state: changes, grant, reply } = applied;
+            let Applied { mut output, fallback_us, state: changes, grant, reply } = applied;
             if !output.calls.is_empty() {
-                calls.push((grant.clone(), fallback_us, output.calls.clone()));
+                calls.push((grant.clone(), fallback_us, std::mem::take(&mut output.calls)));
             }
             self.write_logs(&output);
             self.apply_models(&grant, output.models, &mut rejected).await;

@@ -56,10 +56,15 @@ pub(crate) struct LinkShared {
     pub connected: AtomicBool,
     pub counters: LinkCounters,
     pub last_error: Mutex<Option<String>>,
+    /// The nodes followed in the current session (emptied when it ends).
     pub nodes: Mutex<BTreeSet<String>>,
 }
 
 impl LinkShared {
+    pub fn nodes(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn fail(&self, error: String) {
         tracing::warn!(error = %error, "xmpp");
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
@@ -102,8 +107,10 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
 }
 
-/// An item's id, publisher and payload element.
+/// An item's id, publisher and payload element, fetched (owned: it travels in an [`Answer`]).
 type Item = (Option<String>, Option<String>, Element);
+/// The same, borrowed from a received stanza.
+type ItemRef<'a> = (Option<&'a str>, Option<&'a str>, &'a Element);
 
 /// How many item ids of each node are remembered to recognise an item delivered twice.
 const RECENT_IDS: usize = 32;
@@ -138,6 +145,8 @@ pub(crate) struct Link {
     pub name: String,
     pub config: ServerConfig,
     pub service: BareJid,
+    /// `service` as text (inbound metadata), made once.
+    pub service_name: String,
     pub account: BareJid,
     pub shared: Arc<LinkShared>,
     pub inbound: mpsc::Sender<InboundMessage>,
@@ -148,13 +157,13 @@ pub(crate) struct Link {
     pub seen: Mutex<HashMap<String, Seen>>,
 }
 
-/// The session-scoped state: reset on each (re)connection.
+/// The session-scoped state: reset on each (re)connection (with [`LinkShared::nodes`], the nodes followed).
 #[derive(Default)]
 struct Session {
     online: bool,
     /// Every node the service listed last time.
     known: Vec<String>,
-    subscribed: HashSet<String>,
+    /// Subscriptions asked for and not answered yet.
     pending: HashSet<String>,
 }
 
@@ -174,6 +183,7 @@ impl Link {
                         add(&self.shared.counters.sessions, 1);
                         self.shared.connected.store(true, Ordering::Relaxed);
                         session = Session { online: true, ..Session::default() };
+                        self.shared.nodes().clear();
                         // Presence makes the server route events sent to the bare JID to this session.
                         if let Err(e) = client.send_stanza(Presence::available().into()).await {
                             self.shared.fail(format!("{}: sending presence: {e}", self.name));
@@ -188,7 +198,7 @@ impl Link {
                         }
                         self.shared.fail(format!("{}: disconnected: {e}", self.name));
                         session = Session::default();
-                        self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        self.shared.nodes().clear();
                     }
                     Some(Event::Stanza(Stanza::Message(message))) => self.on_message(message).await,
                     Some(Event::Stanza(_)) => {}
@@ -267,15 +277,20 @@ impl Link {
         answers: &mpsc::UnboundedSender<Answer>,
     ) {
         let patterns = self.patterns.borrow().clone();
-        let wanted: Vec<String> = session
-            .known
-            .iter()
-            .filter(|node| !session.subscribed.contains(*node) && !session.pending.contains(*node))
-            .filter(|node| patterns.iter().any(|glob| glob.matches(node)))
-            .cloned()
-            .collect();
+        let (wanted, followed): (Vec<String>, usize) = {
+            let followed = self.shared.nodes();
+            let wanted = session
+                .known
+                .iter()
+                .filter(|node| !followed.contains(*node) && !session.pending.contains(*node))
+                .filter(|node| patterns.iter().any(|glob| glob.matches(node)))
+                .cloned()
+                .collect();
+            (wanted, followed.len())
+        };
+        let account = escape(&self.account.to_string());
         for node in wanted {
-            if session.subscribed.len() + session.pending.len() >= self.config.max_nodes {
+            if followed + session.pending.len() >= self.config.max_nodes {
                 self.shared.fail(format!(
                     "{}: following {} nodes already (max_nodes); node {node:?} and others are not followed",
                     self.name, self.config.max_nodes
@@ -283,11 +298,8 @@ impl Link {
                 break;
             }
             session.pending.insert(node.clone());
-            let xml = format!(
-                "<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{}' jid='{}'/></pubsub>",
-                escape(&node),
-                escape(&self.account.to_string())
-            );
+            let xml =
+                format!("<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{}' jid='{}'/></pubsub>", escape(&node), account);
             let Ok(payload) = xml.parse::<Element>() else {
                 continue;
             };
@@ -322,8 +334,7 @@ impl Link {
                 match result {
                     Ok(()) if self.up(session) => {
                         add(&self.shared.counters.subscriptions, 1);
-                        session.subscribed.insert(node.clone());
-                        self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone());
+                        self.shared.nodes().insert(node.clone());
                         let after = self.seen().get(&node).and_then(|seen| seen.last.clone());
                         if fetch_latest.iter().any(|glob| glob.matches(&node)) {
                             self.fetch(client, node, Fetch::Latest, answers).await;
@@ -340,7 +351,7 @@ impl Link {
             }
             Answer::Items(node, Fetch::Latest, Ok(items)) => {
                 for (id, publisher, payload) in items {
-                    self.deliver(&node, id, publisher, &payload).await;
+                    self.deliver(&node, id.as_deref(), publisher.as_deref(), &payload).await;
                 }
             }
             Answer::Items(node, Fetch::CatchUp { after }, Ok(items)) => {
@@ -354,7 +365,7 @@ impl Link {
                     }
                 };
                 for (id, publisher, payload) in items.into_iter().skip(start) {
-                    if self.deliver(&node, id, publisher, &payload).await {
+                    if self.deliver(&node, id.as_deref(), publisher.as_deref(), &payload).await {
                         add(&self.shared.counters.caught_up, 1);
                     }
                 }
@@ -391,6 +402,9 @@ impl Link {
                     .filter(|items| items.name() == "items")
                     .flat_map(|items| items.children())
                     .filter_map(item_parts)
+                    .map(|(id, publisher, payload)| {
+                        (id.map(str::to_owned), publisher.map(str::to_owned), payload.clone())
+                    })
                     .collect()
             });
             Answer::Items(node, why, items)
@@ -416,40 +430,45 @@ impl Link {
     /// Turns a pubsub event into inbound messages, one per item.
     async fn on_message(&self, message: Message) {
         let from_service = message.from.as_ref().is_some_and(|from| from.to_bare() == self.service);
-        let events: Vec<&Element> = message.payloads.iter().filter(|p| p.is("event", NS_PUBSUB_EVENT)).collect();
-        if events.is_empty() {
+        let events = || message.payloads.iter().filter(|p| p.is("event", NS_PUBSUB_EVENT));
+        if events().next().is_none() {
             return;
         }
         if !from_service {
             add(&self.shared.counters.dropped_foreign, 1);
             return;
         }
-        for event in events {
+        for event in events() {
             for items in event.children().filter(|c| c.is("items", NS_PUBSUB_EVENT)) {
                 let Some(node) = items.attr("node") else {
                     continue;
                 };
                 for (id, publisher, payload) in items.children().filter_map(item_parts) {
-                    self.deliver(node, id, publisher, &payload).await;
+                    self.deliver(node, id, publisher, payload).await;
                 }
             }
         }
     }
 
     /// Hands one item to the hub, unless it was delivered already; returns whether it was handed over.
-    async fn deliver(&self, node: &str, id: Option<String>, publisher: Option<String>, payload: &Element) -> bool {
-        if let Some(id) = &id {
+    async fn deliver(&self, node: &str, id: Option<&str>, publisher: Option<&str>, payload: &Element) -> bool {
+        if let Some(id) = id {
             let mut seen = self.seen();
-            let seen = seen.entry(node.to_owned()).or_default();
-            if seen.recent.contains(id) {
+            if !seen.contains_key(node) {
+                seen.insert(node.to_owned(), Seen::default());
+            }
+            let Some(seen) = seen.get_mut(node) else {
+                return false; // inserted just above
+            };
+            if seen.recent.iter().any(|recent| recent == id) {
                 add(&self.shared.counters.duplicates, 1);
                 return false;
             }
             if seen.recent.len() == RECENT_IDS {
                 seen.recent.pop_front();
             }
-            seen.recent.push_back(id.clone());
-            seen.last = Some(id.clone());
+            seen.recent.push_back(id.to_owned());
+            seen.last = Some(id.to_owned());
         }
         let text = String::from(payload);
         if text.len() > self.config.max_item_bytes {
@@ -458,12 +477,12 @@ impl Link {
         }
         let mut metadata = BTreeMap::new();
         metadata.insert(META_SERVER.to_owned(), self.name.clone());
-        metadata.insert(META_SERVICE.to_owned(), self.service.to_string());
+        metadata.insert(META_SERVICE.to_owned(), self.service_name.clone());
         if let Some(id) = id {
-            metadata.insert(META_ITEM_ID.to_owned(), id);
+            metadata.insert(META_ITEM_ID.to_owned(), id.to_owned());
         }
         if let Some(publisher) = publisher {
-            metadata.insert(META_PUBLISHER.to_owned(), publisher);
+            metadata.insert(META_PUBLISHER.to_owned(), publisher.to_owned());
         }
         let message = InboundMessage {
             transport: transport::XMPP.to_owned(),
@@ -479,12 +498,11 @@ impl Link {
 }
 
 /// An `<item>`'s id, publisher and payload (its first child element); `None` for an item without payload.
-fn item_parts(item: &Element) -> Option<Item> {
+fn item_parts(item: &Element) -> Option<ItemRef<'_>> {
     if item.name() != "item" {
         return None;
     }
-    let payload = item.children().next()?.clone();
-    Some((item.attr("id").map(str::to_owned), item.attr("publisher").map(str::to_owned), payload))
+    Some((item.attr("id"), item.attr("publisher"), item.children().next()?))
 }
 
 /// The `<pubsub><publish>` request carrying a plugin's payload.
@@ -583,8 +601,8 @@ mod tests {
                 .unwrap();
         let parts: Vec<_> = items.children().filter_map(item_parts).collect();
         assert_eq!(parts.len(), 1);
-        assert_eq!(parts[0].0.as_deref(), Some("2"));
-        assert_eq!(parts[0].1.as_deref(), Some("a@b"));
+        assert_eq!(parts[0].0, Some("2"));
+        assert_eq!(parts[0].1, Some("a@b"));
         assert!(parts[0].2.is("x", "y"));
     }
 }

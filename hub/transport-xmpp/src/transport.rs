@@ -98,6 +98,7 @@ impl XmppTransport {
             let link = Link {
                 name: server.name.clone(),
                 config: server.clone(),
+                service_name: service.to_string(),
                 service,
                 account: account.to_bare(),
                 shared: shared.clone(),

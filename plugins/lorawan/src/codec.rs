@@ -58,15 +58,14 @@ impl Codec {
         let Codec::App(app) = self else {
             return None;
         };
-        let params = json!({
-            "payload_hex": crate::hex_encode(payload),
-            "port": port,
-            "dev_eui": format!("{dev_eui:016x}"),
-            "fcnt": fcnt,
-        });
+        let mut params = serde_json::Map::new();
+        params.insert("payload_hex".to_owned(), json!(crate::hex_encode(payload)));
+        params.insert("port".to_owned(), json!(port));
+        params.insert("dev_eui".to_owned(), json!(format!("{dev_eui:016x}")));
+        params.insert("fcnt".to_owned(), json!(fcnt));
         Some(hub_plugin_sdk::abi::AppCall {
             app: app.clone(),
-            params: params.as_object().cloned().unwrap_or_default(),
+            params,
             provider: provider.to_owned(),
             service: "uplink".to_owned(),
             timestamp_us: Some(at_us),
