@@ -137,7 +137,8 @@ impl HubProcess {
             .args(&launch.args)
             .env("HUB_ADMIN_TOKEN", &admin)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn,rumqttd=off")
+            // `HUB_TEST_LOG` overrides the hubs' log filter when a test needs diagnosing.
+            .env("RUST_LOG", std::env::var("HUB_TEST_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = cmd.spawn().context("spawning hub")?;

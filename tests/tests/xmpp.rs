@@ -143,7 +143,13 @@ async fn a_fleet_of_trucks_arrives_complete() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(stored, sent, "speed readings stored vs items published");
+    if stored != sent {
+        let (_, transports) = hub.get("/api/v1/transports").await.unwrap();
+        panic!(
+            "{stored} speed readings stored of {sent} items published\ntransports: {transports}\nprosody log:\n{}",
+            server.log()
+        );
+    }
     let (_, plugin) = hub.get("/api/v1/plugins/xmpp").await.unwrap();
     assert_eq!((&plugin["stats"]["errors"], &plugin["stats"]["dropped"]), (&json!(0), &json!(0)), "{plugin}");
     let (_, transports) = hub.get("/api/v1/transports").await.unwrap();

@@ -80,11 +80,6 @@ impl ServerConnector for Connector {
         ns: &'static str,
         timeouts: Timeouts,
     ) -> Result<(PendingFeaturesRecv<Self::Stream>, ChannelBinding), tokio_xmpp::Error> {
-        // A connection attempt means the session is gone (the library reconnects without telling its user).
-        if self.shared.connected.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            add(&self.shared.counters.disconnects, 1);
-            self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        }
         let result = self.open(jid, ns, timeouts).await;
         if let Err(e) = &result {
             add(&self.shared.counters.connect_errors, 1);

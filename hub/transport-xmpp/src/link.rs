@@ -1,25 +1,28 @@
-//! One server link: the task that owns one XMPP client session and follows the publish-subscribe nodes the
-//! plugins' grants name.
+//! One server link: the task that owns one XMPP stream and follows the publish-subscribe nodes the plugins'
+//! grants name.
 //!
-//! The session (STARTTLS, SASL, resource binding, reconnect with backoff) is `tokio-xmpp`'s. On every
-//! (re)connection the link sends its presence, lists the service's nodes (disco#items), subscribes its bare JID to
-//! each node that matches a plugin's `xmpp.subscribe` glob, and fetches the newest stored item of the nodes that
-//! match `fetch_latest`. The list is taken again every `discover_interval_ms` and whenever the plugins' globs
-//! change, so nodes created later are followed too.
+//! The stream (STARTTLS through [`crate::connector`], SASL, resource binding, reconnection with backoff) is
+//! `tokio-xmpp`'s `StanzaStream`; the link owns it whole and is the only task that reads or writes it. It tracks
+//! its own IQ requests (an id per request, answered in the order the stream delivers them, or timed out after
+//! `request_timeout_ms`), so answers, events and the requests they lead to are handled in one place, in stream
+//! order.
 //!
-//! After a lost session, each node the link had delivered items of is caught up when it is subscribed again: the
-//! service's stored items are fetched (`catch_up_items`, oldest first) and those after the last one delivered are
-//! handed over, so items published while the hub was away are not lost as long as the node still holds them. The
-//! last few item ids of each node are remembered, and an item delivered once is not delivered again (a catch-up
-//! and a live event can carry the same item).
+//! On every new session the link sends its presence, lists the service's nodes (disco#items), subscribes its bare
+//! JID to each node that matches a plugin's `xmpp.subscribe` glob, and fetches the newest stored item of the
+//! nodes that match `fetch_latest`. The list is taken again every `discover_interval_ms` and whenever the
+//! plugins' globs change, so nodes created later are followed too.
+//!
+//! Items are not lost between a node's creation and the hub's subscription, nor while a session is down: a node
+//! that appeared after the link's first listing, or that the link followed in an earlier session, is caught up
+//! when it is subscribed: its stored items (`catch_up_items`, oldest first) after the last one delivered are
+//! handed over, up to the first one that arrived live meanwhile. The last few item ids of each node are
+//! remembered too, and an item delivered once is not delivered again.
 //!
 //! Each item of a pubsub event from the configured service becomes one `InboundMessage`; handing it over waits
 //! for room in the hub's queue, so a slow plugin slows the XMPP session (TCP back-pressure to the server), and
 //! nothing is dropped on the hub's side. Events from any other sender are dropped and counted (anyone can send
-//! a message to the hub's JID).
-//!
-//! The event loop never waits for an IQ answer: each request's answer is awaited in a small task that reports
-//! back through a channel, so events keep flowing while requests are outstanding.
+//! a message to the hub's JID). IQ requests addressed to the hub are answered (a ping with a result, anything
+//! else with `service-unavailable`), as RFC 6120 requires.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
@@ -27,19 +30,29 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use futures::StreamExt;
 use hub_model::Glob;
 use hub_plugin_sdk::abi::{InboundMessage, OutboundMessage, Payload, transport};
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tokio_xmpp::{
-    Client, Event, IqRequest, IqResponse, Stanza,
+    Stanza,
     jid::{BareJid, Jid},
     minidom::Element,
-    parsers::{message::Message, presence::Presence},
+    parsers::{
+        iq::Iq,
+        message::Message,
+        presence::Presence,
+        stanza_error::{DefinedCondition, ErrorType, StanzaError},
+    },
+    stanzastream::{Event, StanzaStream, StreamEvent},
 };
 
 use crate::{META_ITEM_ID, META_PUBLISHER, META_SERVER, META_SERVICE, config::ServerConfig, now_us};
@@ -47,8 +60,11 @@ use crate::{META_ITEM_ID, META_PUBLISHER, META_SERVER, META_SERVICE, config::Ser
 const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+const NS_PING: &str = "urn:xmpp:ping";
 /// The namespace a payload without one is parsed in (a client stream's default).
 const NS_CLIENT: &str = "jabber:client";
+/// How often unanswered requests are checked against their deadline.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
 
 /// A link's counters and state, shared with the transport for `GET /api/v1/transports`.
 #[derive(Default)]
@@ -107,9 +123,7 @@ pub struct LinkStatus {
     pub last_error: Option<String>,
 }
 
-/// An item's id, publisher and payload element, fetched (owned: it travels in an [`Answer`]).
-type Item = (Option<String>, Option<String>, Element);
-/// The same, borrowed from a received stanza.
+/// An item's id, publisher and payload element, borrowed from a received stanza.
 type ItemRef<'a> = (Option<&'a str>, Option<&'a str>, &'a Element);
 
 /// How many item ids of each node are remembered to recognise an item delivered twice.
@@ -125,19 +139,41 @@ pub(crate) struct Seen {
 }
 
 /// Why items were fetched.
+#[derive(Debug)]
 enum Fetch {
     /// The newest item, on subscribing (`fetch_latest`).
     Latest,
-    /// The stored items after the one delivered last (`after`), on subscribing again after a lost session.
-    CatchUp { after: String },
+    /// The stored items after the one delivered last (`after`; all of them when `None`), on subscribing to a node
+    /// that is new or that an earlier session followed.
+    CatchUp { after: Option<String> },
 }
 
-/// What the event loop learns from a request's answer.
-enum Answer {
-    Nodes(Result<Vec<String>, String>),
-    Subscribed(String, Result<(), String>),
-    Items(String, Fetch, Result<Vec<Item>, String>),
-    Published(String, Result<(), String>),
+/// A request sent to the service, waiting for its answer.
+#[derive(Debug)]
+enum Request {
+    Nodes,
+    Subscribe(String),
+    Items(String, Fetch),
+    Publish(String),
+}
+
+struct PendingIq {
+    deadline: Instant,
+    request: Request,
+}
+
+/// The session-scoped state: reset on each new session (with [`LinkShared::nodes`], the nodes followed).
+#[derive(Default)]
+struct Session {
+    online: bool,
+    /// Every node the service listed last time.
+    known: Vec<String>,
+    /// Subscriptions asked for and not answered yet.
+    pending: HashSet<String>,
+    /// Whether a node listing is on its way (one at a time).
+    listing: bool,
+    /// Nodes being caught up, with the first item id delivered live since the catch-up was asked.
+    catching_up: HashMap<String, Option<String>>,
 }
 
 /// Everything one link's task needs.
@@ -153,130 +189,170 @@ pub(crate) struct Link {
     pub patterns: watch::Receiver<Arc<Vec<Glob>>>,
     pub outbound: mpsc::Receiver<OutboundMessage>,
     pub cancel: CancellationToken,
-    /// Per node, the items delivered (kept across sessions, for catching up).
-    pub seen: Mutex<HashMap<String, Seen>>,
+    /// The state below lives as long as the link, across sessions.
+    pub state: LinkState,
 }
 
-/// The session-scoped state: reset on each (re)connection (with [`LinkShared::nodes`], the nodes followed).
+/// What a link keeps across sessions.
 #[derive(Default)]
-struct Session {
-    online: bool,
-    /// Every node the service listed last time.
-    known: Vec<String>,
-    /// Subscriptions asked for and not answered yet.
-    pending: HashSet<String>,
+pub(crate) struct LinkState {
+    session: Session,
+    /// Requests sent and not answered, by IQ id.
+    iqs: HashMap<String, PendingIq>,
+    next_id: u64,
+    /// Per node, the items delivered.
+    seen: HashMap<String, Seen>,
+    /// The nodes of the first listing that succeeded: older than the link, so not caught up when first followed.
+    initial: Option<HashSet<String>>,
+    /// Nodes subscribed in this or an earlier session.
+    followed_before: HashSet<String>,
 }
 
 impl Link {
-    pub async fn run(mut self, mut client: Client) {
-        let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
+    pub async fn run(mut self, mut stream: StanzaStream) {
         let fetch_latest: Vec<Glob> = self.config.fetch_latest.iter().map(|g| Glob::new(g)).collect();
-        let mut session = Session::default();
         let mut discover = tokio::time::interval(self.config.discover_interval());
         discover.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
-                event = client.next() => match event {
-                    Some(Event::Online { bound_jid, .. }) => {
-                        tracing::info!(server = %self.name, jid = %bound_jid, "xmpp session up");
-                        add(&self.shared.counters.sessions, 1);
-                        self.shared.connected.store(true, Ordering::Relaxed);
-                        session = Session { online: true, ..Session::default() };
-                        self.shared.nodes().clear();
-                        // Presence makes the server route events sent to the bare JID to this session.
-                        if let Err(e) = client.send_stanza(Presence::available().into()).await {
-                            self.shared.fail(format!("{}: sending presence: {e}", self.name));
-                        }
-                        self.request_nodes(&mut client, &answers_tx).await;
+                event = stream.next() => match event {
+                    Some(Event::Stream(StreamEvent::Reset { bound_jid, .. })) => {
+                        self.on_session(&stream, &bound_jid).await;
                     }
-                    Some(Event::Disconnected(e)) => {
-                        // The stream ended for good (a lost connection is retried by the library, and seen by
-                        // the connector's next attempt).
-                        if self.shared.connected.swap(false, Ordering::Relaxed) {
-                            add(&self.shared.counters.disconnects, 1);
-                        }
-                        self.shared.fail(format!("{}: disconnected: {e}", self.name));
-                        session = Session::default();
-                        self.shared.nodes().clear();
+                    Some(Event::Stream(StreamEvent::Suspended)) => self.on_suspended(),
+                    Some(Event::Stream(StreamEvent::Resumed)) => {
+                        // Stream management resumed the session: subscriptions and requests are intact.
+                        self.shared.connected.store(true, Ordering::Relaxed);
                     }
                     Some(Event::Stanza(Stanza::Message(message))) => self.on_message(message).await,
-                    Some(Event::Stanza(_)) => {}
+                    Some(Event::Stanza(Stanza::Iq(iq))) => self.on_iq(&stream, iq, &fetch_latest).await,
+                    Some(Event::Stanza(Stanza::Presence(_))) => {}
                     None => break,
                 },
-                _ = discover.tick(), if self.up(&session) => self.request_nodes(&mut client, &answers_tx).await,
+                _ = discover.tick(), if self.up() => self.request_nodes(&stream).await,
+                _ = expiry.tick(), if !self.state.iqs.is_empty() => self.expire(&stream, &fetch_latest).await,
                 changed = self.patterns.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    if self.up(&session) {
-                        self.subscribe_matching(&mut client, &mut session, &answers_tx).await;
+                    if self.up() {
+                        self.subscribe_matching(&stream).await;
                     }
                 }
-                Some(answer) = answers.recv() => {
-                    self.on_answer(answer, &mut client, &mut session, &fetch_latest, &answers_tx).await;
-                }
-                Some(message) = self.outbound.recv(), if self.up(&session) => {
-                    self.publish(&mut client, message, &answers_tx).await;
-                }
+                Some(message) = self.outbound.recv(), if self.up() => self.publish(&stream, message).await,
             }
         }
         self.shared.connected.store(false, Ordering::Relaxed);
-        let _ = client.send_end().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.close()).await;
     }
 
-    /// Whether requests may be sent: the session is up and no reconnection has begun since. While the library
-    /// reconnects, nothing is queued (its queue is bounded, and a full one would stall this loop and with it the
-    /// events that tell of the new session).
-    fn up(&self, session: &Session) -> bool {
-        session.online && self.shared.connected.load(Ordering::Relaxed)
+    /// Whether requests may be sent: a session is up and not suspended. While the stream reconnects nothing is
+    /// sent (it would wait in the stream's queue for a session that may not know the request's context).
+    fn up(&self) -> bool {
+        self.state.session.online && self.shared.connected.load(Ordering::Relaxed)
     }
 
-    /// Sends `payload` as an IQ to the service; its answer comes back as `make(result)`.
-    async fn request(
-        &self,
-        client: &mut Client,
-        request: IqRequest,
-        answers: &mpsc::UnboundedSender<Answer>,
-        make: impl FnOnce(Result<Option<Element>, String>) -> Answer + Send + 'static,
-    ) {
-        let token = client.send_iq(Some(Jid::from(self.service.clone())), request).await;
+    async fn on_session(&mut self, stream: &StanzaStream, bound_jid: &Jid) {
+        tracing::info!(server = %self.name, jid = %bound_jid, "xmpp session up");
+        add(&self.shared.counters.sessions, 1);
+        self.shared.connected.store(true, Ordering::Relaxed);
+        // The previous session's requests will not be answered; its subscriptions are gone with it.
+        for (_, pending) in self.state.iqs.drain() {
+            if let Request::Publish(node) = pending.request {
+                add(&self.shared.counters.publish_errors, 1);
+                self.shared
+                    .fail(format!("{}: publishing to node {node:?}: the session ended before an answer", self.name));
+            }
+        }
+        self.state.session = Session { online: true, ..Session::default() };
+        self.shared.nodes().clear();
+        // Presence makes the server route events sent to the bare JID to this session.
+        stream.send(Box::new(Presence::available().into())).await;
+        self.request_nodes(stream).await;
+    }
+
+    fn on_suspended(&mut self) {
+        if self.shared.connected.swap(false, Ordering::Relaxed) {
+            add(&self.shared.counters.disconnects, 1);
+            self.shared.fail(format!("{}: the connection was lost; reconnecting", self.name));
+        }
+    }
+
+    /// Sends a `get` (`set == false`) or `set` IQ to the service; its answer comes back to [`Link::on_answer`].
+    async fn request(&mut self, stream: &StanzaStream, set: bool, payload: Element, request: Request) {
+        self.state.next_id += 1;
+        let id = format!("hub-{}", self.state.next_id);
+        let to = Some(Jid::from(self.service.clone()));
+        let iq = if set {
+            Iq::Set { from: None, to, id: id.clone(), payload }
+        } else {
+            Iq::Get { from: None, to, id: id.clone(), payload }
+        };
+        let deadline = Instant::now() + self.config.request_timeout();
+        self.state.iqs.insert(id, PendingIq { deadline, request });
+        stream.send(Box::new(iq.into())).await;
+    }
+
+    async fn on_iq(&mut self, stream: &StanzaStream, iq: Iq, fetch_latest: &[Glob]) {
+        let (from, id, result) = match iq {
+            Iq::Result { from, id, payload, .. } => (from, id, Ok(payload)),
+            Iq::Error { from, id, error, .. } => (from, id, Err(describe_error(&error))),
+            Iq::Get { from, id, payload, .. } => {
+                // A request to the hub: a ping is answered, anything else is not offered here.
+                let answer = if payload.is("ping", NS_PING) {
+                    Iq::Result { from: None, to: from, id, payload: None }
+                } else {
+                    let error = StanzaError::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "en", "");
+                    Iq::Error { from: None, to: from, id, error, payload: None }
+                };
+                stream.send(Box::new(answer.into())).await;
+                return;
+            }
+            Iq::Set { from, id, .. } => {
+                let error = StanzaError::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "en", "");
+                stream.send(Box::new(Iq::Error { from: None, to: from, id, error, payload: None }.into())).await;
+                return;
+            }
+        };
+        // Only the service answers the link's requests (an answer from anyone else is not one).
+        if from.as_ref().map(Jid::to_bare).as_ref() != Some(&self.service) {
+            return;
+        }
+        if let Some(pending) = self.state.iqs.remove(&id) {
+            self.on_answer(stream, pending.request, result, fetch_latest).await;
+        }
+    }
+
+    /// Fails the requests whose answer is overdue.
+    async fn expire(&mut self, stream: &StanzaStream, fetch_latest: &[Glob]) {
+        let now = Instant::now();
+        let overdue: Vec<String> =
+            self.state.iqs.iter().filter(|(_, pending)| pending.deadline <= now).map(|(id, _)| id.clone()).collect();
         let timeout = self.config.request_timeout();
-        let answers = answers.clone();
-        tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, token).await {
-                Err(_) => Err(format!("no answer within {timeout:?}")),
-                Ok(Err(e)) => Err(e.to_string()),
-                Ok(Ok(IqResponse::Result(payload))) => Ok(payload),
-                Ok(Ok(IqResponse::Error(error))) => Err(describe_error(&error)),
-            };
-            let _ = answers.send(make(result));
-        });
+        for id in overdue {
+            if let Some(pending) = self.state.iqs.remove(&id) {
+                let error = format!("no answer within {timeout:?}");
+                self.on_answer(stream, pending.request, Err(error), fetch_latest).await;
+            }
+        }
     }
 
-    async fn request_nodes(&self, client: &mut Client, answers: &mpsc::UnboundedSender<Answer>) {
+    async fn request_nodes(&mut self, stream: &StanzaStream) {
+        if self.state.session.listing {
+            return;
+        }
+        self.state.session.listing = true;
         let query = Element::builder("query", NS_DISCO_ITEMS).build();
-        self.request(client, IqRequest::Get(query), answers, |result| {
-            Answer::Nodes(result.map(|payload| {
-                payload
-                    .iter()
-                    .flat_map(|query| query.children())
-                    .filter(|item| item.is("item", NS_DISCO_ITEMS))
-                    .filter_map(|item| item.attr("node").map(str::to_owned))
-                    .collect()
-            }))
-        })
-        .await;
+        self.request(stream, false, query, Request::Nodes).await;
     }
 
     /// Subscribes to every known node a plugin's glob matches and that is not followed yet.
-    async fn subscribe_matching(
-        &self,
-        client: &mut Client,
-        session: &mut Session,
-        answers: &mpsc::UnboundedSender<Answer>,
-    ) {
+    async fn subscribe_matching(&mut self, stream: &StanzaStream) {
         let patterns = self.patterns.borrow().clone();
+        let session = &self.state.session;
         let (wanted, followed): (Vec<String>, usize) = {
             let followed = self.shared.nodes();
             let wanted = session
@@ -290,103 +366,133 @@ impl Link {
         };
         let account = escape(&self.account.to_string());
         for node in wanted {
-            if followed + session.pending.len() >= self.config.max_nodes {
+            if followed + self.state.session.pending.len() >= self.config.max_nodes {
                 self.shared.fail(format!(
                     "{}: following {} nodes already (max_nodes); node {node:?} and others are not followed",
                     self.name, self.config.max_nodes
                 ));
                 break;
             }
-            session.pending.insert(node.clone());
             let xml =
                 format!("<pubsub xmlns='{NS_PUBSUB}'><subscribe node='{}' jid='{}'/></pubsub>", escape(&node), account);
             let Ok(payload) = xml.parse::<Element>() else {
                 continue;
             };
-            self.request(client, IqRequest::Set(payload), answers, move |result| {
-                Answer::Subscribed(node, result.map(|_| ()))
-            })
-            .await;
+            self.state.session.pending.insert(node.clone());
+            self.request(stream, true, payload, Request::Subscribe(node)).await;
         }
     }
 
     async fn on_answer(
-        &self,
-        answer: Answer,
-        client: &mut Client,
-        session: &mut Session,
+        &mut self,
+        stream: &StanzaStream,
+        request: Request,
+        result: Result<Option<Element>, String>,
         fetch_latest: &[Glob],
-        answers: &mpsc::UnboundedSender<Answer>,
     ) {
-        match answer {
-            Answer::Nodes(Ok(nodes)) => {
-                if self.up(session) {
-                    session.known = nodes;
-                    self.subscribe_matching(client, session, answers).await;
+        match (request, result) {
+            (Request::Nodes, Ok(payload)) => {
+                self.state.session.listing = false;
+                let nodes: Vec<String> = payload
+                    .iter()
+                    .flat_map(|query| query.children())
+                    .filter(|item| item.is("item", NS_DISCO_ITEMS))
+                    .filter_map(|item| item.attr("node").map(str::to_owned))
+                    .collect();
+                if self.state.initial.is_none() {
+                    self.state.initial = Some(nodes.iter().cloned().collect());
                 }
+                self.state.session.known = nodes;
+                self.subscribe_matching(stream).await;
             }
-            Answer::Nodes(Err(e)) => {
+            (Request::Nodes, Err(e)) => {
+                self.state.session.listing = false;
                 add(&self.shared.counters.discover_errors, 1);
                 self.shared.fail(format!("{}: listing the nodes of {}: {e}", self.name, self.service));
             }
-            Answer::Subscribed(node, result) => {
-                session.pending.remove(&node);
-                match result {
-                    Ok(()) if self.up(session) => {
-                        add(&self.shared.counters.subscriptions, 1);
-                        self.shared.nodes().insert(node.clone());
-                        let after = self.seen().get(&node).and_then(|seen| seen.last.clone());
-                        if fetch_latest.iter().any(|glob| glob.matches(&node)) {
-                            self.fetch(client, node, Fetch::Latest, answers).await;
-                        } else if let Some(after) = after.filter(|_| self.config.catch_up_items > 0) {
-                            self.fetch(client, node, Fetch::CatchUp { after }, answers).await;
-                        }
-                    }
-                    Ok(()) => {}
-                    Err(e) => {
-                        add(&self.shared.counters.subscribe_errors, 1);
-                        self.shared.fail(format!("{}: subscribing to node {node:?}: {e}", self.name));
-                    }
+            (Request::Subscribe(node), Ok(_)) => {
+                self.state.session.pending.remove(&node);
+                add(&self.shared.counters.subscriptions, 1);
+                self.shared.nodes().insert(node.clone());
+                let state = &mut self.state;
+                let again = !state.followed_before.insert(node.clone());
+                let new = state.initial.as_ref().is_some_and(|initial| !initial.contains(&node));
+                let fetch = if again || new {
+                    // Items may have been published since the last one delivered, or since the node was made.
+                    let after = state.seen.get(&node).and_then(|seen| seen.last.clone());
+                    (self.config.catch_up_items > 0).then_some(Fetch::CatchUp { after })
+                } else {
+                    fetch_latest.iter().any(|glob| glob.matches(&node)).then_some(Fetch::Latest)
+                };
+                if let Some(fetch) = fetch {
+                    self.fetch(stream, node, fetch).await;
                 }
             }
-            Answer::Items(node, Fetch::Latest, Ok(items)) => {
-                for (id, publisher, payload) in items {
-                    self.deliver(&node, id.as_deref(), publisher.as_deref(), &payload).await;
-                }
+            (Request::Subscribe(node), Err(e)) => {
+                self.state.session.pending.remove(&node);
+                add(&self.shared.counters.subscribe_errors, 1);
+                self.shared.fail(format!("{}: subscribing to node {node:?}: {e}", self.name));
             }
-            Answer::Items(node, Fetch::CatchUp { after }, Ok(items)) => {
-                // Oldest first: what follows the last item delivered was published while the hub was away.
-                let start = match items.iter().position(|(id, _, _)| id.as_deref() == Some(after.as_str())) {
-                    Some(i) => i + 1,
-                    None => {
-                        // More items than the node keeps, or than `catch_up_items`, went by (or the node is new).
-                        add(&self.shared.counters.catch_up_gaps, 1);
-                        0
+            (Request::Items(node, fetch), Ok(payload)) => {
+                let caught_up = matches!(fetch, Fetch::CatchUp { .. });
+                let items: Vec<ItemRef<'_>> = payload
+                    .iter()
+                    .flat_map(|pubsub| pubsub.children())
+                    .filter(|items| items.name() == "items")
+                    .flat_map(|items| items.children())
+                    .filter_map(item_parts)
+                    .collect();
+                let range = match fetch {
+                    Fetch::Latest => 0..items.len(),
+                    Fetch::CatchUp { after } => {
+                        let first_live = self.state.session.catching_up.remove(&node).flatten();
+                        self.catch_up_range(&items, after.as_deref(), first_live.as_deref())
                     }
                 };
-                for (id, publisher, payload) in items.into_iter().skip(start) {
-                    if self.deliver(&node, id.as_deref(), publisher.as_deref(), &payload).await {
-                        add(&self.shared.counters.caught_up, 1);
-                    }
+                for &(id, publisher, payload) in &items[range] {
+                    self.deliver(&node, id, publisher, payload, caught_up).await;
                 }
             }
-            Answer::Items(node, _, Err(e)) => {
+            (Request::Items(node, _), Err(e)) => {
+                self.state.session.catching_up.remove(&node);
                 self.shared.fail(format!("{}: fetching stored items of {node:?}: {e}", self.name));
             }
-            Answer::Published(_, Ok(())) => add(&self.shared.counters.published, 1),
-            Answer::Published(node, Err(e)) => {
+            (Request::Publish(_), Ok(_)) => add(&self.shared.counters.published, 1),
+            (Request::Publish(node), Err(e)) => {
                 add(&self.shared.counters.publish_errors, 1);
                 self.shared.fail(format!("{}: publishing to node {node:?}: {e}", self.name));
             }
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    /// Which of a node's stored items (oldest first) a catch-up hands over: those after `after` (all when
+    /// `None`), up to the first one that arrived live while the items were fetched (it and the rest were
+    /// delivered already).
+    fn catch_up_range(
+        &self,
+        items: &[ItemRef<'_>],
+        after: Option<&str>,
+        first_live: Option<&str>,
+    ) -> std::ops::Range<usize> {
+        let position = |wanted: &str| items.iter().position(|(id, _, _)| *id == Some(wanted));
+        let start = match after {
+            None => 0,
+            Some(after) => position(after).map(|i| i + 1).unwrap_or_else(|| {
+                // More items than the node keeps, or than `catch_up_items`, went by.
+                add(&self.shared.counters.catch_up_gaps, 1);
+                0
+            }),
+        };
+        let end = match first_live {
+            None => items.len(),
+            // Not among the stored ones: everything stored is newer, so it was all delivered live.
+            Some(live) => position(live).unwrap_or(start),
+        };
+        start..end.max(start)
     }
 
-    async fn fetch(&self, client: &mut Client, node: String, why: Fetch, answers: &mpsc::UnboundedSender<Answer>) {
-        let max = match why {
+    async fn fetch(&mut self, stream: &StanzaStream, node: String, fetch: Fetch) {
+        let max = match fetch {
             Fetch::Latest => 1,
             Fetch::CatchUp { .. } => self.config.catch_up_items,
         };
@@ -394,41 +500,26 @@ impl Link {
         let Ok(payload) = xml.parse::<Element>() else {
             return;
         };
-        self.request(client, IqRequest::Get(payload), answers, move |result| {
-            let items = result.map(|payload| {
-                payload
-                    .iter()
-                    .flat_map(|pubsub| pubsub.children())
-                    .filter(|items| items.name() == "items")
-                    .flat_map(|items| items.children())
-                    .filter_map(item_parts)
-                    .map(|(id, publisher, payload)| {
-                        (id.map(str::to_owned), publisher.map(str::to_owned), payload.clone())
-                    })
-                    .collect()
-            });
-            Answer::Items(node, why, items)
-        })
-        .await;
+        if let Fetch::CatchUp { .. } = fetch {
+            self.state.session.catching_up.insert(node.clone(), None);
+        }
+        self.request(stream, false, payload, Request::Items(node, fetch)).await;
     }
 
     /// Publishes a plugin's message as an item; the payload must be one XML element.
-    async fn publish(&self, client: &mut Client, message: OutboundMessage, answers: &mpsc::UnboundedSender<Answer>) {
+    async fn publish(&mut self, stream: &StanzaStream, message: OutboundMessage) {
         let node = message.address.clone();
-        let item = match publish_request(&node, &message) {
-            Ok(item) => item,
+        match publish_request(&node, &message) {
+            Ok(item) => self.request(stream, true, item, Request::Publish(node)).await,
             Err(e) => {
                 add(&self.shared.counters.publish_errors, 1);
                 self.shared.fail(format!("{}: publishing to node {node:?}: {e}", self.name));
-                return;
             }
-        };
-        self.request(client, IqRequest::Set(item), answers, move |result| Answer::Published(node, result.map(|_| ())))
-            .await;
+        }
     }
 
     /// Turns a pubsub event into inbound messages, one per item.
-    async fn on_message(&self, message: Message) {
+    async fn on_message(&mut self, message: Message) {
         let from_service = message.from.as_ref().is_some_and(|from| from.to_bare() == self.service);
         let events = || message.payloads.iter().filter(|p| p.is("event", NS_PUBSUB_EVENT));
         if events().next().is_none() {
@@ -444,25 +535,34 @@ impl Link {
                     continue;
                 };
                 for (id, publisher, payload) in items.children().filter_map(item_parts) {
-                    self.deliver(node, id, publisher, payload).await;
+                    if let (Some(id), Some(first @ None)) = (id, self.state.session.catching_up.get_mut(node)) {
+                        *first = Some(id.to_owned());
+                    }
+                    self.deliver(node, id, publisher, payload, false).await;
                 }
             }
         }
     }
 
-    /// Hands one item to the hub, unless it was delivered already; returns whether it was handed over.
-    async fn deliver(&self, node: &str, id: Option<&str>, publisher: Option<&str>, payload: &Element) -> bool {
+    /// Hands one item to the hub, unless it was delivered already (`caught_up`: it comes from a catch-up).
+    async fn deliver(
+        &mut self,
+        node: &str,
+        id: Option<&str>,
+        publisher: Option<&str>,
+        payload: &Element,
+        caught_up: bool,
+    ) {
         if let Some(id) = id {
-            let mut seen = self.seen();
-            if !seen.contains_key(node) {
-                seen.insert(node.to_owned(), Seen::default());
+            if !self.state.seen.contains_key(node) {
+                self.state.seen.insert(node.to_owned(), Seen::default());
             }
-            let Some(seen) = seen.get_mut(node) else {
-                return false; // inserted just above
+            let Some(seen) = self.state.seen.get_mut(node) else {
+                return; // inserted just above
             };
             if seen.recent.iter().any(|recent| recent == id) {
                 add(&self.shared.counters.duplicates, 1);
-                return false;
+                return;
             }
             if seen.recent.len() == RECENT_IDS {
                 seen.recent.pop_front();
@@ -473,7 +573,7 @@ impl Link {
         let text = String::from(payload);
         if text.len() > self.config.max_item_bytes {
             add(&self.shared.counters.dropped_oversized, 1);
-            return false;
+            return;
         }
         let mut metadata = BTreeMap::new();
         metadata.insert(META_SERVER.to_owned(), self.name.clone());
@@ -492,8 +592,11 @@ impl Link {
             received_us: now_us(),
         };
         add(&self.shared.counters.items_in, 1);
-        // Waiting here is the back-pressure: the session is not read while the hub's queue is full.
-        self.inbound.send(message).await.is_ok()
+        if caught_up {
+            add(&self.shared.counters.caught_up, 1);
+        }
+        // Waiting here is the back-pressure: the stream is not read while the hub's queue is full.
+        let _ = self.inbound.send(message).await;
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tokio_xmpp::{Client, xmlstream::Timeouts};
+use tokio_xmpp::{stanzastream::StanzaStream, xmlstream::Timeouts};
 
 use crate::{
     META_SERVER, XmppConfig, XmppError,
@@ -60,6 +60,9 @@ pub struct XmppStats {
     pub discover_errors: u64,
 }
 
+/// Stanzas the stream buffers each way between the socket and the link.
+const STREAM_QUEUE: usize = 64;
+
 struct LinkHandle {
     name: String,
     shared: Arc<LinkShared>,
@@ -94,7 +97,7 @@ impl XmppTransport {
             let account = server.account().map_err(|reason| XmppError::invalid(key("jid"), reason))?;
             let service = server.service().map_err(|reason| XmppError::invalid(key("pubsub_service"), reason))?;
             let (outbound_tx, outbound_rx) = mpsc::channel(server.outbound_queue);
-            let client = Client::new_with_connector(account.clone(), password, connector, Timeouts::default());
+            let stream = StanzaStream::new_c2s(connector, account.clone(), password, Timeouts::default(), STREAM_QUEUE);
             let link = Link {
                 name: server.name.clone(),
                 config: server.clone(),
@@ -106,9 +109,9 @@ impl XmppTransport {
                 patterns: patterns.subscribe(),
                 outbound: outbound_rx,
                 cancel: cancel.child_token(),
-                seen: Default::default(),
+                state: Default::default(),
             };
-            tasks.push(tokio::spawn(link.run(client)));
+            tasks.push(tokio::spawn(link.run(stream)));
             links.push(LinkHandle { name: server.name.clone(), shared, outbound: outbound_tx });
         }
         Ok(XmppTransport { links, patterns, cancel, tasks: Mutex::new(tasks) })

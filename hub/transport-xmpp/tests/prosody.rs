@@ -183,6 +183,55 @@ async fn items_published_while_the_link_is_down_are_caught_up_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_published_before_a_new_node_is_found_are_not_lost() {
+    let server = Prosody::start(true).unwrap();
+    let mut config = config(&server);
+    // The first listing finds nothing; the next is 15 s away, long after the device below is done.
+    config.servers[0].discover_interval_ms = 15_000;
+    let (tx, mut rx) = mpsc::channel(256);
+    let xmpp = XmppTransport::start(&config, tx).unwrap();
+    xmpp.set_subscriptions(&strings(&["*_data"]));
+    wait_until("the session is up", || xmpp.links()[0].connected).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A truck appears and publishes 15 items before the hub knows its node exists (Prosody keeps the last 20 items
+    // of a node by default: what a catch-up can recover).
+    let out =
+        run_sox_device(&server, &["load", "--prefix", "van-", "--devices", "1", "--rate", "15", "--seconds", "1"])
+            .unwrap();
+    let sent = out
+        .lines()
+        .last()
+        .and_then(|line| line.split("\"sent\": ").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse::<u64>().ok()));
+    let sent = sent.unwrap_or_else(|| panic!("no count in {out}"));
+    assert!((10..=20).contains(&sent), "{out}");
+    let mut speeds = Vec::new();
+    while (speeds.len() as u64) < sent {
+        let message = tokio::time::timeout(WAIT, rx.recv()).await.ok().flatten();
+        let message = message.unwrap_or_else(|| panic!("{} of {sent}: {speeds:?}; {:?}", speeds.len(), xmpp.stats()));
+        let text = text_of(&message);
+        let speed = text
+            .split("<transducerValue")
+            .find(|element| element.contains("id='speed'"))
+            .and_then(|element| element.split("typedValue='").nth(1))
+            .and_then(|rest| rest.split('\'').next());
+        speeds.push(speed.unwrap_or_else(|| panic!("{text}")).parse::<u64>().unwrap());
+    }
+    // Every item, once, in the order published.
+    assert_eq!(speeds, (0..sent).collect::<Vec<_>>());
+    let stats = xmpp.stats();
+    assert_eq!((stats.caught_up, stats.catch_up_gaps, stats.duplicates), (sent, 0, 0), "{stats:?}");
+
+    // Live items follow, and none comes twice.
+    run_sox_device(&server, &["data", "--device", "van-0", "--value", "speed=77"]).unwrap();
+    assert!(text_of(&next_on(&mut rx, "van-0_data").await).contains("typedValue='77'"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "no item twice");
+    xmpp.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_certificate_is_refused_and_reported() {
     let server = Prosody::start(true).unwrap();
     let mut config = config(&server);
