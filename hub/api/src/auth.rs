@@ -38,6 +38,12 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         let Some(secret) = secret else { return Ok(Caller(Principal::anonymous())) };
+        // A JWT is an OpenID provider's access token; anything else is a hub token.
+        if let Some(oidc) = &state.oidc
+            && hub_identity::looks_like_jwt(&secret)
+        {
+            return oidc.verify(&secret).await.map(Caller).map_err(|e| ApiError::unauthorized(e.to_string()));
+        }
         state
             .tokens
             .authenticate(&secret, Timestamp::now().as_micros())

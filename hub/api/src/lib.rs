@@ -62,8 +62,10 @@ pub struct AppState {
     pub twin: Arc<Twin>,
     /// Authorisation.
     pub policy: Arc<PolicyEngine>,
-    /// Authentication.
+    /// Authentication: hub tokens.
     pub tokens: Arc<TokenRegistry>,
+    /// Authentication: JWT access tokens from the trusted OpenID providers (none configured: `None`).
+    pub oidc: Option<Arc<hub_identity::OidcVerifier>>,
     /// Counters exposed at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Limits.

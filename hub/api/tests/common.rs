@@ -50,6 +50,7 @@ impl Hub {
         let automation =
             hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
         let state = AppState {
+            oidc: None,
             automation,
             twin,
             policy,

@@ -187,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
             let parsed = Config::from_toml(&text)?;
             TransportConfigs::of(&parsed)?;
+            oidc_config(&parsed)?;
             official_adapters(&parsed)?;
             println!("{}: valid", config.display());
             Ok(())
@@ -209,6 +210,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
         config.storage.data_dir = dir.clone();
     }
     config.validate()?;
+    oidc_config(&config)?;
     let mut transports = TransportConfigs::of(&config)?;
     if let Some(listen) = args.mqtt_listen {
         transports.mqtt.broker.listen = listen;
@@ -223,6 +225,11 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     // Keep the effective settings (with the flags applied) in the config the hub runs with.
     transports.store_into(&mut config)?;
     Ok(config)
+}
+
+/// `[oidc]`, parsed and checked (errors name the `oidc.` key).
+fn oidc_config(config: &Config) -> Result<hub_identity::OidcConfig> {
+    hub_identity::OidcConfig::from_table(&config.oidc).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 fn init_tracing(config: &Config) {
@@ -283,6 +290,14 @@ async fn serve(config: Config) -> Result<()> {
     let records = store.tokens().await?;
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
     bootstrap_admin(&store, &tokens, data_dir).await?;
+    let oidc_issuers = oidc_config(&config)?;
+    let oidc = if oidc_issuers.issuers.is_empty() {
+        None
+    } else {
+        let issuers: Vec<&str> = oidc_issuers.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        tracing::info!(?issuers, "accepting OpenID Connect access tokens");
+        Some(Arc::new(hub_identity::OidcVerifier::new(&oidc_issuers).map_err(anyhow::Error::msg)?))
+    };
 
     let transports = Arc::new(hub_runtime::Transports::new());
     let plugins = hub_runtime::PluginHost::new(
@@ -309,6 +324,7 @@ async fn serve(config: Config) -> Result<()> {
         twin: twin.clone(),
         policy,
         tokens,
+        oidc,
         metrics: Arc::new(Metrics::new()),
         limits: ApiLimits {
             max_body_bytes: config.http.max_body_bytes,

@@ -51,6 +51,9 @@ pub struct Config {
     pub xmpp: toml::Table,
     /// Plugins.
     pub plugins: PluginsConfig,
+    /// OpenID Connect: the issuers whose JWT access tokens the API accepts (`[[oidc.issuers]]`). Schema in
+    /// `hub-identity`; validated by the binary, naming `oidc.` keys.
+    pub oidc: toml::Table,
 }
 
 /// `[plugins]`
