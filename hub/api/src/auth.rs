@@ -7,14 +7,30 @@ use hub_policy::{Action, Principal};
 
 use crate::{ApiError, AppState};
 
-/// The authenticated caller of a request. A request without credentials is the subject `anonymous`.
+/// The authenticated caller of a request, and when its credentials expire (µs since the epoch; `None`: they do
+/// not). A request without credentials is the subject `anonymous`.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Principal, pub Option<i64>);
 
 impl Caller {
     /// Whether the request carried no credentials.
     pub fn is_anonymous(&self) -> bool {
         self.0.is_anonymous()
+    }
+
+    /// Resolves when the caller's credentials expire (never, for credentials without an expiry): streams end
+    /// then, so a token outlives no open stream.
+    pub fn expiry(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let left = self.1.map(|expires| {
+            let micros = expires.saturating_sub(Timestamp::now().as_micros()).max(0);
+            std::time::Duration::from_micros(micros as u64)
+        });
+        async move {
+            match left {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
@@ -37,17 +53,18 @@ impl FromRequestParts<AppState> for Caller {
             None if is_stream(parts) => query_token(parts),
             None => None,
         };
-        let Some(secret) = secret else { return Ok(Caller(Principal::anonymous())) };
+        let Some(secret) = secret else { return Ok(Caller(Principal::anonymous(), None)) };
         // A JWT is an OpenID provider's access token; anything else is a hub token.
         if let Some(oidc) = &state.oidc
             && hub_identity::looks_like_jwt(&secret)
         {
-            return oidc.verify(&secret).await.map(Caller).map_err(|e| ApiError::unauthorized(e.to_string()));
+            let (principal, expires) = oidc.verify(&secret).await.map_err(|e| ApiError::unauthorized(e.to_string()))?;
+            return Ok(Caller(principal, Some(expires)));
         }
         state
             .tokens
-            .authenticate(&secret, Timestamp::now().as_micros())
-            .map(Caller)
+            .authenticate_until(&secret, Timestamp::now().as_micros())
+            .map(|(principal, expires)| Caller(principal, expires))
             .map_err(|e| ApiError::unauthorized(e.to_string()))
     }
 }

@@ -3,7 +3,7 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 use axum::{
     extract::{
         Query, State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code, rejection::WebSocketUpgradeRejection},
     },
     response::{
         IntoResponse, Response,
@@ -141,6 +141,7 @@ pub async fn sse(
     let sub = state.twin.bus().subscribe();
     let guard = OpenStream::new(state.metrics.clone());
     let shutdown = state.shutdown.clone().cancelled_owned();
+    let expiry = caller.expiry();
     let events =
         stream::unfold((sub, state, caller, filter, guard), |(mut sub, state, caller, filter, guard)| async move {
             let batch: Vec<SseEvent> = match sub.recv().await {
@@ -159,7 +160,8 @@ pub async fn sse(
             Some((stream::iter(batch.into_iter().map(Ok)), (sub, state, caller, filter, guard)))
         })
         .flatten()
-        .take_until(shutdown);
+        .take_until(shutdown)
+        .take_until(expiry);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -194,10 +196,17 @@ async fn serve_ws(mut socket: WebSocket, state: AppState, caller: Caller) {
     let mut sub: Subscription = state.twin.bus().subscribe();
     let mut subscriptions: HashMap<String, Filter> = HashMap::new();
     let shutdown = state.shutdown.clone();
+    let expiry = caller.expiry();
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            _ = &mut expiry => {
+                let frame = CloseFrame { code: close_code::POLICY, reason: "the token has expired".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
                 return;
             }
             incoming = socket.recv() => {

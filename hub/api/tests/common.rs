@@ -67,6 +67,11 @@ impl Hub {
     }
 
     pub fn token(&self, subject: &str, roles: &[&str]) -> String {
+        self.token_until(subject, roles, None)
+    }
+
+    /// A token that expires at `expires_micros` (µs since the epoch; `None`: never).
+    pub fn token_until(&self, subject: &str, roles: &[&str], expires_micros: Option<i64>) -> String {
         let (secret, hash) = TokenRegistry::generate().unwrap();
         self.state
             .tokens
@@ -76,7 +81,7 @@ impl Hub {
                 roles: roles.iter().map(|r| r.to_string()).collect(),
                 description: None,
                 created_micros: 0,
-                expires_micros: None,
+                expires_micros,
             })
             .unwrap();
         secret

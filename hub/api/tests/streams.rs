@@ -161,6 +161,44 @@ async fn websocket_subscriptions_filter_by_glob_and_permission() {
     assert!(tokio_tungstenite::connect_async(req).await.is_err(), "a subject with no read permission is refused");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_the_token_expires() {
+    let hub = Hub::new().await;
+    hub.ingest(&hub.admin, json!([{"provider": "noise-1", "service": "sound", "resource": "level", "value": 1}])).await;
+    let addr = serve(&hub).await;
+    let soon = hub_model::Timestamp::now().as_micros() + 2_000_000;
+    let token = hub.token_until("rita", &["reader"], Some(soon));
+
+    let mut sse = SseReader::open(&addr, "provider=noise-*", &token).await.unwrap();
+    let req = format!("ws://{addr}/api/v1/ws?access_token={token}").into_client_request().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(json!({"op": "subscribe", "id": "s1"}).to_string())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    hub.ingest(&hub.admin, json!([{"provider": "noise-1", "service": "sound", "resource": "level", "value": 2}])).await;
+    assert_eq!(sse.next_event().await.0, "update");
+    assert_eq!(next(&mut ws).await["type"], "update");
+
+    // At the expiry both streams end: the event stream's body finishes, the socket gets a policy close.
+    let ended = timeout(WAIT, async {
+        while let Some(chunk) = sse.body.next().await {
+            chunk.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived its token");
+    assert!(hub_model::Timestamp::now().as_micros() >= soon - 100_000, "ended before the expiry");
+    let close = timeout(WAIT, ws.next()).await.expect("no close in time").unwrap().unwrap();
+    match close {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1008);
+            assert!(frame.reason.contains("expired"), "{}", frame.reason);
+        }
+        other => panic!("wanted a close frame, got {other:?}"),
+    }
+    // And the token opens nothing any more.
+    assert_eq!(SseReader::open(&addr, "", &token).await.err(), Some(reqwest::StatusCode::UNAUTHORIZED));
+}
+
 async fn next<S>(ws: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,

@@ -95,8 +95,9 @@ impl OidcVerifier {
         self.issuers.is_empty()
     }
 
-    /// Verifies a bearer JWT and returns the principal it authenticates.
-    pub async fn verify(&self, token: &str) -> Result<Principal, OidcError> {
+    /// Verifies a bearer JWT and returns the principal it authenticates and when the token expires (µs since
+    /// the epoch, from `exp`).
+    pub async fn verify(&self, token: &str) -> Result<(Principal, i64), OidcError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -128,7 +129,12 @@ impl OidcVerifier {
         validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
             .map_err(|e| OidcError::Invalid(describe(e.kind(), config)))?;
-        principal(&data.claims, config)
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(OidcError::Invalid("its \"exp\" claim is malformed".into()))?;
+        Ok((principal(&data.claims, config)?, exp.saturating_mul(1_000_000)))
     }
 
     /// The issuer's key for a token: from the cache, else after fetching the set again.

@@ -120,7 +120,8 @@ async fn a_valid_token_becomes_a_principal_of_its_domain() {
     let idp = serve(vec![rsa.jwk(), ec.jwk()]).await;
     let verifier = verifier(&idp.issuer);
     for key in [&rsa, &ec] {
-        let principal = verifier.verify(&key.sign(&claims(&idp.issuer))).await.unwrap();
+        let (principal, expires) = verifier.verify(&key.sign(&claims(&idp.issuer))).await.unwrap();
+        assert!((expires / 1_000_000 - (now() + 300)).abs() <= 2, "exp in µs");
         assert_eq!(principal.subject, "alice@fujisawa");
         assert_eq!(principal.roles, vec!["officer@fujisawa", "environment@fujisawa"]);
     }

@@ -172,6 +172,11 @@ impl TokenRegistry {
     /// The secret is hashed and the hash looked up, so the time taken depends on the hash, not on how much of
     /// the secret matches a real one.
     pub fn authenticate(&self, secret: &str, now_micros: i64) -> Result<Principal, AuthError> {
+        self.authenticate_until(secret, now_micros).map(|(principal, _)| principal)
+    }
+
+    /// [`authenticate`](Self::authenticate), with the time (µs since the epoch) the token expires, if it does.
+    pub fn authenticate_until(&self, secret: &str, now_micros: i64) -> Result<(Principal, Option<i64>), AuthError> {
         if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
             return Err(AuthError::UnknownToken);
         }
@@ -181,7 +186,7 @@ impl TokenRegistry {
         if info.is_expired(now_micros) {
             return Err(AuthError::Expired);
         }
-        Ok(info.principal())
+        Ok((info.principal(), info.expires_micros))
     }
 
     /// The token with this hash, if known.
