@@ -1,8 +1,12 @@
 //! Verifying bearer JWTs against the trusted issuers' published keys.
 
 use std::{
-    sync::{Arc, Mutex, RwLock},
-    time::Duration,
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use base64::Engine;
@@ -13,6 +17,7 @@ use jsonwebtoken::{
     jwk::{Jwk, JwkSet},
 };
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::{IssuerConfig, OidcConfig};
@@ -23,6 +28,9 @@ const ACCEPTED: [&str; 9] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512
 
 /// The largest discovery document or key set read.
 const MAX_DOCUMENT: usize = 1 << 20;
+
+/// How many verified tokens are remembered (by SHA-256) before the memory starts over.
+const MAX_REMEMBERED: usize = 10_000;
 
 /// Why a bearer JWT was refused. Every variant is a 401 for the caller; the text says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,16 +64,30 @@ struct Attempt {
 
 struct Issuer {
     config: IssuerConfig,
+    /// Bumped by every key set fetched: tokens verified under an older set are verified again.
+    generation: AtomicU64,
     cache: RwLock<Option<Arc<KeyCache>>>,
     /// One fetch at a time per issuer.
     fetching: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Attempt>,
 }
 
+/// A token verified before: what it authenticates, until when, under which issuer's key set.
+struct Remembered {
+    principal: Principal,
+    expires_micros: i64,
+    issuer: usize,
+    generation: u64,
+}
+
 /// Verifies bearer JWTs from the configured issuers and turns them into principals.
+///
+/// A token verified once is remembered by its SHA-256 until it expires or its issuer's key set is fetched again,
+/// so a client that sends the same token with every request pays for the signature once.
 pub struct OidcVerifier {
     issuers: Vec<Issuer>,
     http: reqwest::Client,
+    remembered: Mutex<HashMap<[u8; 32], Remembered>>,
 }
 
 impl OidcVerifier {
@@ -82,12 +104,13 @@ impl OidcVerifier {
             .iter()
             .map(|config| Issuer {
                 config: config.clone(),
+                generation: AtomicU64::new(0),
                 cache: RwLock::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 last_attempt: Mutex::new(Attempt::default()),
             })
             .collect();
-        Ok(OidcVerifier { issuers, http })
+        Ok(OidcVerifier { issuers, http, remembered: Mutex::new(HashMap::new()) })
     }
 
     /// Whether any issuer is configured.
@@ -98,6 +121,26 @@ impl OidcVerifier {
     /// Verifies a bearer JWT and returns the principal it authenticates and when the token expires (µs since
     /// the epoch, from `exp`).
     pub async fn verify(&self, token: &str) -> Result<(Principal, i64), OidcError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        if let Some(known) = self.remembered.lock().unwrap_or_else(|e| e.into_inner()).get(&digest)
+            && now_micros < known.expires_micros
+            && self.issuers[known.issuer].generation.load(Ordering::Relaxed) == known.generation
+        {
+            return Ok((known.principal.clone(), known.expires_micros));
+        }
+        let (index, generation, principal, expires_micros) = self.verify_signed(token).await?;
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.clear();
+        }
+        let entry = Remembered { principal: principal.clone(), expires_micros, issuer: index, generation };
+        remembered.insert(digest, entry);
+        Ok((principal, expires_micros))
+    }
+
+    /// The full check of a token: its issuer's index and key set generation, its principal and expiry.
+    async fn verify_signed(&self, token: &str) -> Result<(usize, u64, Principal, i64), OidcError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -110,13 +153,15 @@ impl OidcVerifier {
         }
         let claims = decode_json(payload)?;
         let iss = claims.get("iss").and_then(Value::as_str).ok_or(OidcError::Invalid("it has no issuer".into()))?;
-        let issuer = self
+        let index = self
             .issuers
             .iter()
-            .find(|issuer| issuer.config.issuer == iss)
+            .position(|issuer| issuer.config.issuer == iss)
             .ok_or_else(|| OidcError::UntrustedIssuer(iss.chars().take(200).collect()))?;
+        let issuer = &self.issuers[index];
         let header = jsonwebtoken::decode_header(token).map_err(|_| OidcError::Malformed)?;
         let jwk = self.key_for(issuer, header.kid.as_deref(), header.alg).await?;
+        let generation = issuer.generation.load(Ordering::Relaxed);
         let key = DecodingKey::from_jwk(&jwk)
             .map_err(|e| OidcError::Invalid(format!("the issuer's key is unusable: {e}")))?;
 
@@ -134,7 +179,7 @@ impl OidcVerifier {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or(OidcError::Invalid("its \"exp\" claim is malformed".into()))?;
-        Ok((principal(&data.claims, config)?, exp.saturating_mul(1_000_000)))
+        Ok((index, generation, principal(&data.claims, config)?, exp.saturating_mul(1_000_000)))
     }
 
     /// The issuer's key for a token: from the cache, else after fetching the set again.
@@ -188,6 +233,7 @@ impl OidcVerifier {
                 attempt.error = None;
                 let cache = Arc::new(KeyCache { keys, fetched: Instant::now() });
                 *issuer.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(cache.clone());
+                issuer.generation.fetch_add(1, Ordering::Relaxed);
                 Ok(cache)
             }
             Err(reason) => {
