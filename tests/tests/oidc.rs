@@ -88,7 +88,7 @@ async fn a_hub_accepts_a_trusted_providers_tokens_under_its_policy() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hub.toml");
     let text = format!(
-        "[[oidc.issuers]]\nissuer = \"{}\"\naudience = \"{audience}\"\ndomain = \"fujisawa\"\nmin_refresh_secs = 0\n",
+        "[[oidc.issuers]]\nissuer = \"{}\"\naudience = \"{audience}\"\ndomain = \"fujisawa\"\nmin_refresh_secs = 1\n",
         idp.issuer()
     );
     std::fs::write(&config, text).unwrap();
@@ -132,7 +132,9 @@ async fn a_hub_accepts_a_trusted_providers_tokens_under_its_policy() {
     }
 
     // The provider rotates its signing key: the hub fetches the new key when a token names it, no restart.
+    // (`min_refresh_secs` = 1: the hub fetches keys for an unknown key id at most once a second.)
     idp.rotate().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let rotated = idp.token("fujisawa-officer").unwrap();
     assert_ne!(rotated.split('.').next(), officer.split('.').next(), "a new key id");
     assert_eq!(get_as(&hub, &rotated, "/api/v1/providers/santander-air-1").await, 200);

@@ -105,6 +105,9 @@ impl OidcConfig {
             if entry.domain.contains('@') {
                 return Err(format!("{}: must not contain '@'", key("domain")));
             }
+            if entry.min_refresh_secs == 0 {
+                return Err(format!("{}: must be at least 1", key("min_refresh_secs")));
+            }
             if entry.roles_claim.is_empty() {
                 return Err(format!("{}: must not be empty", key("roles_claim")));
             }
@@ -136,6 +139,7 @@ mod tests {
             ("issuer = 'https://id.example'\naudience = 'a'\ndomain = 'a b'", "issuers[0].domain"),
             ("issuer = 'https://id.example'\naudience = 'a'\ndomain = 'a@b'", "issuers[0].domain"),
             ("issuer = 'https://id.example'\naudience = 'a'\ndomain = 'd'\nsurprise = 1", "surprise"),
+            ("issuer = 'https://id.example'\naudience = 'a'\ndomain = 'd'\nmin_refresh_secs = 0", "min_refresh_secs"),
         ] {
             let error = parse(&format!("[[issuers]]\n{bad}\n")).unwrap_err();
             assert!(error.contains(key), "{bad}: {error}");

@@ -54,6 +54,8 @@ pub enum OidcError {
 struct KeyCache {
     keys: JwkSet,
     fetched: Instant,
+    /// Bumped when a fetch brings a different set: tokens remembered under an older set are checked again.
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -64,7 +66,7 @@ struct Attempt {
 
 struct Issuer {
     config: IssuerConfig,
-    /// Bumped by every key set fetched: tokens verified under an older set are verified again.
+    /// The generation of the key set in `cache` (read without the lock by remembered tokens).
     generation: AtomicU64,
     cache: RwLock<Option<Arc<KeyCache>>>,
     /// One fetch at a time per issuer.
@@ -160,8 +162,7 @@ impl OidcVerifier {
             .ok_or_else(|| OidcError::UntrustedIssuer(iss.chars().take(200).collect()))?;
         let issuer = &self.issuers[index];
         let header = jsonwebtoken::decode_header(token).map_err(|_| OidcError::Malformed)?;
-        let jwk = self.key_for(issuer, header.kid.as_deref(), header.alg).await?;
-        let generation = issuer.generation.load(Ordering::Relaxed);
+        let (jwk, generation) = self.key_for(issuer, header.kid.as_deref(), header.alg).await?;
         let key = DecodingKey::from_jwk(&jwk)
             .map_err(|e| OidcError::Invalid(format!("the issuer's key is unusable: {e}")))?;
 
@@ -179,11 +180,13 @@ impl OidcVerifier {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or(OidcError::Invalid("its \"exp\" claim is malformed".into()))?;
-        Ok((index, generation, principal(&data.claims, config)?, exp.saturating_mul(1_000_000)))
+        // Accepted up to `leeway_secs` after `exp`: that is when it stops being good.
+        let until = exp.saturating_add(config.leeway_secs.min(i64::MAX as u64) as i64).saturating_mul(1_000_000);
+        Ok((index, generation, principal(&data.claims, config)?, until))
     }
 
     /// The issuer's key for a token: from the cache, else after fetching the set again.
-    async fn key_for(&self, issuer: &Issuer, kid: Option<&str>, alg: Algorithm) -> Result<Jwk, OidcError> {
+    async fn key_for(&self, issuer: &Issuer, kid: Option<&str>, alg: Algorithm) -> Result<(Jwk, u64), OidcError> {
         let cached = issuer.cache.read().unwrap_or_else(|e| e.into_inner()).clone();
         let refresh = Duration::from_secs(issuer.config.jwks_refresh_secs);
         let cache = match cached {
@@ -191,11 +194,12 @@ impl OidcVerifier {
             _ => self.refresh(issuer).await?,
         };
         if let Some(jwk) = pick(&cache.keys, kid, alg) {
-            return Ok(jwk);
+            return Ok((jwk, cache.generation));
         }
         // A key id the cache does not know: the issuer may have rotated its keys.
         let cache = self.refresh(issuer).await?;
         pick(&cache.keys, kid, alg)
+            .map(|jwk| (jwk, cache.generation))
             .ok_or_else(|| OidcError::UnknownKey(kid.unwrap_or("(none)").chars().take(100).collect()))
     }
 
@@ -231,9 +235,14 @@ impl OidcVerifier {
         match result {
             Ok(keys) => {
                 attempt.error = None;
-                let cache = Arc::new(KeyCache { keys, fetched: Instant::now() });
+                let generation = match &current {
+                    Some(old) if old.keys.keys == keys.keys => old.generation,
+                    Some(old) => old.generation + 1,
+                    None => 1,
+                };
+                let cache = Arc::new(KeyCache { keys, fetched: Instant::now(), generation });
                 *issuer.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(cache.clone());
-                issuer.generation.fetch_add(1, Ordering::Relaxed);
+                issuer.generation.store(generation, Ordering::Relaxed);
                 Ok(cache)
             }
             Err(reason) => {
@@ -272,7 +281,7 @@ impl OidcVerifier {
             .iter()
             // A key of a kind this hub cannot use is skipped; the others stay usable.
             .filter_map(|key| serde_json::from_value::<Jwk>(key.clone()).ok())
-            .filter(|key| !matches!(key.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)))
+            .filter(usable)
             .collect();
         tracing::info!(issuer = %config.issuer, keys = keys.len(), "fetched the issuer's keys");
         Ok(JwkSet { keys })
@@ -286,11 +295,36 @@ impl OidcVerifier {
         if response.content_length().is_some_and(|n| n > MAX_DOCUMENT as u64) {
             return Err(format!("{url}: larger than {MAX_DOCUMENT} bytes"));
         }
-        let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-        if body.len() > MAX_DOCUMENT {
-            return Err(format!("{url}: larger than {MAX_DOCUMENT} bytes"));
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            if body.len() + chunk.len() > MAX_DOCUMENT {
+                return Err(format!("{url}: larger than {MAX_DOCUMENT} bytes"));
+            }
+            body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body).map_err(|e| format!("{url}: not JSON: {e}"))
+    }
+}
+
+/// Whether a published key is one this hub verifies with, and well-formed: RSA, or an EC or OKP key whose
+/// coordinates have their curve's length (a short one would make the signature check fail badly). Symmetric keys
+/// are never used.
+fn usable(jwk: &Jwk) -> bool {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let length = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_or(0, |b| b.len());
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => true,
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let size = match ec.curve {
+                EllipticCurve::P256 => 32,
+                EllipticCurve::P384 => 48,
+                _ => return false,
+            };
+            length(&ec.x) == size && length(&ec.y) == size
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => okp.curve == EllipticCurve::Ed25519 && length(&okp.x) == 32,
+        AlgorithmParameters::OctetKey(_) => false,
     }
 }
 
@@ -334,6 +368,10 @@ fn describe(kind: &ErrorKind, config: &IssuerConfig) -> String {
 /// The principal of verified claims: `{sub}@{domain}` and `{role}@{domain}` for each role the claim lists.
 fn principal(claims: &serde_json::Map<String, Value>, config: &IssuerConfig) -> Result<Principal, OidcError> {
     let sub = claims.get("sub").and_then(Value::as_str).ok_or(OidcError::Invalid("it has no \"sub\" claim".into()))?;
+    // The domain is the hub's to add: an issuer cannot name a subject or role of another domain.
+    if sub.contains('@') {
+        return Err(OidcError::Subject(format!("{sub:?} contains '@'")));
+    }
     let subject = format!("{sub}@{}", config.domain);
     validate_name("subject", &subject).map_err(|e| OidcError::Subject(e.to_string()))?;
     let listed: Vec<&str> = match claims.get(&config.roles_claim) {
@@ -342,7 +380,7 @@ fn principal(claims: &serde_json::Map<String, Value>, config: &IssuerConfig) -> 
         _ => Vec::new(),
     };
     let mut roles = Vec::new();
-    for role in listed {
+    for role in listed.into_iter().filter(|role| !role.contains('@')) {
         let role = format!("{role}@{}", config.domain);
         // A role the policy cannot name could never be granted anything: it is left out.
         if validate_name("role", &role).is_ok() && !roles.contains(&role) {

@@ -105,7 +105,7 @@ fn claims(issuer: &str) -> Value {
 
 fn verifier(issuer: &str) -> OidcVerifier {
     let mut entry = IssuerConfig::new(issuer, AUDIENCE, "fujisawa");
-    entry.min_refresh_secs = 0;
+    entry.min_refresh_secs = 1;
     entry.leeway_secs = 5;
     OidcVerifier::new(&OidcConfig { issuers: vec![entry] }).unwrap()
 }
@@ -121,7 +121,7 @@ async fn a_valid_token_becomes_a_principal_of_its_domain() {
     let verifier = verifier(&idp.issuer);
     for key in [&rsa, &ec] {
         let (principal, expires) = verifier.verify(&key.sign(&claims(&idp.issuer))).await.unwrap();
-        assert!((expires / 1_000_000 - (now() + 300)).abs() <= 2, "exp in µs");
+        assert!((expires / 1_000_000 - (now() + 300 + 5)).abs() <= 2, "exp plus the leeway, in µs");
         assert_eq!(principal.subject, "alice@fujisawa");
         assert_eq!(principal.roles, vec!["officer@fujisawa", "environment@fujisawa"]);
     }
@@ -195,9 +195,15 @@ async fn every_bad_token_is_refused_with_its_reason() {
     for garbage in ["", "a.b", "a.b.c.d", "!!.??.**", &format!("{}.{}.x", b64(&json!([])), b64(&good))] {
         assert!(verifier.verify(garbage).await.is_err(), "{garbage}");
     }
-    // A subject the policy cannot name.
+    // A subject the policy cannot name, or one that claims another domain.
     let spaced = rsa.sign(&with("sub", json!("alice smith")));
     assert!(matches!(verifier.verify(&spaced).await, Err(OidcError::Subject(_))));
+    let other_domain = rsa.sign(&with("sub", json!("mayor@santander")));
+    assert!(matches!(verifier.verify(&other_domain).await, Err(OidcError::Subject(_))));
+    // Roles that claim another domain are left out.
+    let (principal, _) =
+        verifier.verify(&rsa.sign(&with("roles", json!(["officer", "admin@santander"])))).await.unwrap();
+    assert_eq!(principal.roles, vec!["officer@fujisawa"]);
     // And a good token still passes afterwards.
     verifier.verify(&rsa.sign(&good)).await.unwrap();
 }
@@ -209,16 +215,22 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
     let verifier = verifier(&idp.issuer);
     verifier.verify(&old.sign(&claims(&idp.issuer))).await.unwrap();
 
-    // The issuer publishes a new key and signs with it; the hub has never seen its id.
+    // The issuer publishes a new key and signs with it; the hub has never seen its id (and last fetched more
+    // than `min_refresh_secs` ago).
     let new = Key::new("2026-12", Algorithm::RS256);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     idp.keys.lock().unwrap().insert(0, new.jwk());
     verifier.verify(&new.sign(&claims(&idp.issuer))).await.unwrap();
     assert_eq!(*idp.fetches.lock().unwrap(), 2);
-    // The old key is withdrawn: its tokens fail once the set is fetched again.
+    // The old key is withdrawn: its tokens fail once the set is fetched again, even one verified before.
+    let remembered = old.sign(&json!({"iss": idp.issuer, "aud": AUDIENCE, "sub": "bob", "exp": now() + 60}));
+    verifier.verify(&remembered).await.unwrap();
     idp.keys.lock().unwrap().truncate(1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let stranger = Key::new("2026-10", Algorithm::RS256);
     assert!(verifier.verify(&stranger.sign(&claims(&idp.issuer))).await.is_err());
     assert!(matches!(verifier.verify(&old.sign(&claims(&idp.issuer))).await, Err(OidcError::UnknownKey(_))));
+    assert!(matches!(verifier.verify(&remembered).await, Err(OidcError::UnknownKey(_))), "no longer remembered");
 }
 
 #[tokio::test]
@@ -242,4 +254,24 @@ async fn an_unreachable_issuer_is_reported_and_unknown_keys_do_not_hammer_it() {
         assert!(matches!(verifier.verify(&unknown.sign(&claims(&idp.issuer))).await, Err(OidcError::UnknownKey(_))));
     }
     assert_eq!(*idp.fetches.lock().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn malformed_published_keys_are_ignored() {
+    let rsa = Key::new("rsa-1", Algorithm::RS256);
+    // An Ed25519 key with a short `x`, an EC key with a short `y`, a symmetric key: none is usable.
+    let short_okp = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": "AAAA"});
+    let mut short_ec = Key::new("ec-1", Algorithm::ES256).jwk();
+    short_ec["y"] = json!("AAAA");
+    let oct = json!({"kty": "oct", "kid": "hs", "k": "c2VjcmV0"});
+    let idp = serve(vec![short_okp, short_ec, oct, rsa.jwk()]).await;
+    let verifier = verifier(&idp.issuer);
+    verifier.verify(&rsa.sign(&claims(&idp.issuer))).await.unwrap();
+    let forged_ed = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": "EdDSA", "kid": "ed"})),
+        b64(&claims(&idp.issuer)),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 64])
+    );
+    assert!(matches!(verifier.verify(&forged_ed).await, Err(OidcError::UnknownKey(_))));
 }

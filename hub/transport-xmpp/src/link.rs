@@ -174,6 +174,9 @@ struct Session {
     listing: bool,
     /// Nodes being caught up, with the first item id delivered live since the catch-up was asked.
     catching_up: HashMap<String, Option<String>>,
+    /// Per node, the last item delivered when the session began: where its catch-up starts (live items may
+    /// arrive before the subscription is confirmed, and must not move that point).
+    resume_after: HashMap<String, Option<String>>,
 }
 
 /// Everything one link's task needs.
@@ -233,7 +236,8 @@ impl Link {
                     None => break,
                 },
                 _ = discover.tick(), if self.up() => self.request_nodes(&stream).await,
-                _ = expiry.tick(), if !self.state.iqs.is_empty() => self.expire(&stream, &fetch_latest).await,
+                // While the stream reconnects, requests wait for it (a resumed session still answers them).
+                _ = expiry.tick(), if !self.state.iqs.is_empty() && self.up() => self.expire(&stream, &fetch_latest).await,
                 changed = self.patterns.changed() => {
                     if changed.is_err() {
                         break;
@@ -267,7 +271,8 @@ impl Link {
                     .fail(format!("{}: publishing to node {node:?}: the session ended before an answer", self.name));
             }
         }
-        self.state.session = Session { online: true, ..Session::default() };
+        let resume_after = self.state.seen.iter().map(|(node, seen)| (node.clone(), seen.last.clone())).collect();
+        self.state.session = Session { online: true, resume_after, ..Session::default() };
         self.shared.nodes().clear();
         // Presence makes the server route events sent to the bare JID to this session.
         stream.send(Box::new(Presence::available().into())).await;
@@ -419,7 +424,10 @@ impl Link {
                 let new = state.initial.as_ref().is_some_and(|initial| !initial.contains(&node));
                 let fetch = if again || new {
                     // Items may have been published since the last one delivered, or since the node was made.
-                    let after = state.seen.get(&node).and_then(|seen| seen.last.clone());
+                    let after = match state.session.resume_after.get(&node) {
+                        Some(after) => after.clone(),
+                        None => state.seen.get(&node).and_then(|seen| seen.last.clone()),
+                    };
                     (self.config.catch_up_items > 0).then_some(Fetch::CatchUp { after })
                 } else {
                     fetch_latest.iter().any(|glob| glob.matches(&node)).then_some(Fetch::Latest)
@@ -449,8 +457,13 @@ impl Link {
                         self.catch_up_range(&items, after.as_deref(), first_live.as_deref())
                     }
                 };
-                for &(id, publisher, payload) in &items[range] {
-                    self.deliver(&node, id, publisher, payload, caught_up).await;
+                // Items older than the last one delivered do not move that mark back.
+                let last = self.state.seen.get(&node).and_then(|seen| seen.last.as_deref());
+                let last_at = last.and_then(|last| items.iter().position(|(id, _, _)| *id == Some(last)));
+                for i in range {
+                    let (id, publisher, payload) = items[i];
+                    let advance = last_at.is_none_or(|at| i > at);
+                    self.deliver(&node, id, publisher, payload, caught_up, advance).await;
                 }
             }
             (Request::Items(node, _), Err(e)) => {
@@ -485,8 +498,9 @@ impl Link {
         };
         let end = match first_live {
             None => items.len(),
-            // Not among the stored ones: everything stored is newer, so it was all delivered live.
-            Some(live) => position(live).unwrap_or(start),
+            // Not among the stored ones (not stored yet, retracted, or more went by than the node keeps): hand
+            // over everything; what was delivered already is recognised by its id.
+            Some(live) => position(live).unwrap_or(items.len()),
         };
         start..end.max(start)
     }
@@ -538,13 +552,14 @@ impl Link {
                     if let (Some(id), Some(first @ None)) = (id, self.state.session.catching_up.get_mut(node)) {
                         *first = Some(id.to_owned());
                     }
-                    self.deliver(node, id, publisher, payload, false).await;
+                    self.deliver(node, id, publisher, payload, false, true).await;
                 }
             }
         }
     }
 
-    /// Hands one item to the hub, unless it was delivered already (`caught_up`: it comes from a catch-up).
+    /// Hands one item to the hub, unless it was delivered already (`caught_up`: it comes from a catch-up;
+    /// `advance`: it is newer than the last one delivered).
     async fn deliver(
         &mut self,
         node: &str,
@@ -552,6 +567,7 @@ impl Link {
         publisher: Option<&str>,
         payload: &Element,
         caught_up: bool,
+        advance: bool,
     ) {
         if let Some(id) = id {
             if !self.state.seen.contains_key(node) {
@@ -568,7 +584,9 @@ impl Link {
                 seen.recent.pop_front();
             }
             seen.recent.push_back(id.to_owned());
-            seen.last = Some(id.to_owned());
+            if advance {
+                seen.last = Some(id.to_owned());
+            }
         }
         let text = String::from(payload);
         if text.len() > self.config.max_item_bytes {
