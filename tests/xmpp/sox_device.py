@@ -6,7 +6,7 @@ readings: <data><transducerValue .../></data>). Commands:
 
   meta   --device D --transducer id,name,units,min,max[,actuate] ...   create D_meta and D_data, publish the meta
   data   --device D --value id=typedValue[@timestamp] ...              publish one data item
-  raw    --node N --xml '<x/>'                                         create N if needed, publish one item
+  raw    --node N --xml '<x/>' [--id I]                                create N if needed, publish one item
   listen --node N --count K [--timeout S]                               subscribe, print K item payloads, exit
   load   --prefix P --devices N --rate R --seconds S                   N devices, each R items/s for S seconds
   forge  --to JID --node N --xml '<x/>'                                 send a pubsub event that does not come from
@@ -68,8 +68,8 @@ class Device(slixmpp.ClientXMPP):
             if e.condition != "conflict":
                 raise
 
-    async def publish_xml(self, node, xml):
-        await self.plugin["xep_0060"].publish(self.args.service, node, payload=ET.fromstring(xml))
+    async def publish_xml(self, node, xml, item_id=None):
+        await self.plugin["xep_0060"].publish(self.args.service, node, id=item_id, payload=ET.fromstring(xml))
 
 
 def meta_xml(device, transducers):
@@ -123,7 +123,7 @@ async def cmd_raw(args):
     dev = Device(args, "raw")
     await dev.open()
     await dev.ensure_node(args.node)
-    await dev.publish_xml(args.node, args.xml)
+    await dev.publish_xml(args.node, args.xml, args.id)
     await dev.disconnect()
     return {"published": 1}
 
@@ -261,6 +261,7 @@ def main():
     p = sub.add_parser("raw")
     p.add_argument("--node", required=True)
     p.add_argument("--xml", required=True)
+    p.add_argument("--id")
     p = sub.add_parser("listen")
     p.add_argument("--node", required=True)
     p.add_argument("--count", type=int, default=1)

@@ -134,8 +134,10 @@ const RECENT_IDS: usize = 32;
 pub(crate) struct Seen {
     /// The id of the last item delivered.
     last: Option<String>,
-    /// The ids of the last items delivered, oldest first.
-    recent: VecDeque<String>,
+    /// The ids of the last items delivered with a digest of their payload, oldest first. An item is a duplicate
+    /// when both match: a node may publish again under the same id (XEP-0060: the new item replaces the old), and
+    /// that is news.
+    recent: VecDeque<(String, u64)>,
 }
 
 /// Why items were fetched.
@@ -569,26 +571,32 @@ impl Link {
         caught_up: bool,
         advance: bool,
     ) {
+        let text = String::from(payload);
         if let Some(id) = id {
+            let digest = {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&text, &mut hasher);
+                std::hash::Hasher::finish(&hasher)
+            };
             if !self.state.seen.contains_key(node) {
                 self.state.seen.insert(node.to_owned(), Seen::default());
             }
             let Some(seen) = self.state.seen.get_mut(node) else {
                 return; // inserted just above
             };
-            if seen.recent.iter().any(|recent| recent == id) {
+            if seen.recent.iter().any(|(recent, known)| recent == id && *known == digest) {
                 add(&self.shared.counters.duplicates, 1);
                 return;
             }
+            seen.recent.retain(|(recent, _)| recent != id);
             if seen.recent.len() == RECENT_IDS {
                 seen.recent.pop_front();
             }
-            seen.recent.push_back(id.to_owned());
+            seen.recent.push_back((id.to_owned(), digest));
             if advance {
                 seen.last = Some(id.to_owned());
             }
         }
-        let text = String::from(payload);
         if text.len() > self.config.max_item_bytes {
             add(&self.shared.counters.dropped_oversized, 1);
             return;

@@ -92,6 +92,16 @@ async fn items_flow_in_over_starttls_and_plugins_publish_out() {
     run_sox_device(&server, &["meta", "--device", "truck-2", "--transducer", "pm25,PM2.5,ug/m3,0,1000"]).unwrap();
     next_on(&mut rx, "truck-2_meta").await;
 
+    // A node that publishes under one item id again and again (the new item replaces the old): each is news.
+    for level in ["10", "11"] {
+        let xml = format!("<json xmlns='urn:xmpp:json:0'>{{\"level\": {level}}}</json>");
+        run_sox_device(&server, &["raw", "--node", "truck-1_data", "--id", "current", "--xml", &xml]).unwrap();
+        let item = next_on(&mut rx, "truck-1_data").await;
+        // (text_of makes quotes single)
+        assert!(text_of(&item).contains(&format!("'level': {level}")), "{}", text_of(&item));
+        assert_eq!(item.metadata.get("item_id").map(String::as_str), Some("current"));
+    }
+
     // A node no glob names is not followed.
     run_sox_device(&server, &["raw", "--node", "weather", "--xml", "<json xmlns='urn:xmpp:json:0'>{}</json>"]).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
