@@ -2,10 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -66,12 +63,17 @@ struct Attempt {
 
 struct Issuer {
     config: IssuerConfig,
-    /// The generation of the key set in `cache` (read without the lock by remembered tokens).
-    generation: AtomicU64,
     cache: RwLock<Option<Arc<KeyCache>>>,
     /// One fetch at a time per issuer.
     fetching: tokio::sync::Mutex<()>,
     last_attempt: Mutex<Attempt>,
+}
+
+impl Issuer {
+    /// The generation of the key set in the cache, if one was fetched.
+    fn generation(&self) -> Option<u64> {
+        self.cache.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|cache| cache.generation)
+    }
 }
 
 /// A token verified before: what it authenticates, until when, under which issuer's key set.
@@ -106,18 +108,12 @@ impl OidcVerifier {
             .iter()
             .map(|config| Issuer {
                 config: config.clone(),
-                generation: AtomicU64::new(0),
                 cache: RwLock::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 last_attempt: Mutex::new(Attempt::default()),
             })
             .collect();
         Ok(OidcVerifier { issuers, http, remembered: Mutex::new(HashMap::new()) })
-    }
-
-    /// Whether any issuer is configured.
-    pub fn is_empty(&self) -> bool {
-        self.issuers.is_empty()
     }
 
     /// Verifies a bearer JWT and returns the principal it authenticates and when the token expires (µs since
@@ -127,7 +123,7 @@ impl OidcVerifier {
         let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
         if let Some(known) = self.remembered.lock().unwrap_or_else(|e| e.into_inner()).get(&digest)
             && now_micros < known.expires_micros
-            && self.issuers[known.issuer].generation.load(Ordering::Relaxed) == known.generation
+            && self.issuers[known.issuer].generation() == Some(known.generation)
         {
             return Ok((known.principal.clone(), known.expires_micros));
         }
@@ -153,6 +149,12 @@ impl OidcVerifier {
         if !ACCEPTED.contains(&alg) {
             return Err(OidcError::Algorithm(alg.chars().take(16).collect()));
         }
+        let alg: Algorithm = alg.parse().map_err(|_| OidcError::Malformed)?;
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(kid)) => Some(kid.as_str()),
+            Some(_) => return Err(OidcError::Malformed),
+        };
         let claims = decode_json(payload)?;
         let iss = claims.get("iss").and_then(Value::as_str).ok_or(OidcError::Invalid("it has no issuer".into()))?;
         let index = self
@@ -161,13 +163,12 @@ impl OidcVerifier {
             .position(|issuer| issuer.config.issuer == iss)
             .ok_or_else(|| OidcError::UntrustedIssuer(iss.chars().take(200).collect()))?;
         let issuer = &self.issuers[index];
-        let header = jsonwebtoken::decode_header(token).map_err(|_| OidcError::Malformed)?;
-        let (jwk, generation) = self.key_for(issuer, header.kid.as_deref(), header.alg).await?;
+        let (jwk, generation) = self.key_for(issuer, kid, alg).await?;
         let key = DecodingKey::from_jwk(&jwk)
             .map_err(|e| OidcError::Invalid(format!("the issuer's key is unusable: {e}")))?;
 
         let config = &issuer.config;
-        let mut validation = Validation::new(header.alg);
+        let mut validation = Validation::new(alg);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -242,7 +243,6 @@ impl OidcVerifier {
                 };
                 let cache = Arc::new(KeyCache { keys, fetched: Instant::now(), generation });
                 *issuer.cache.write().unwrap_or_else(|e| e.into_inner()) = Some(cache.clone());
-                issuer.generation.store(generation, Ordering::Relaxed);
                 Ok(cache)
             }
             Err(reason) => {

@@ -307,18 +307,12 @@ impl Link {
         let (from, id, result) = match iq {
             Iq::Result { from, id, payload, .. } => (from, id, Ok(payload)),
             Iq::Error { from, id, error, .. } => (from, id, Err(describe_error(&error))),
-            Iq::Get { from, id, payload, .. } => {
-                // A request to the hub: a ping is answered, anything else is not offered here.
-                let answer = if payload.is("ping", NS_PING) {
-                    Iq::Result { from: None, to: from, id, payload: None }
-                } else {
-                    let error = StanzaError::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "en", "");
-                    Iq::Error { from: None, to: from, id, error, payload: None }
-                };
-                stream.send(Box::new(answer.into())).await;
+            // A request to the hub: a ping is answered, anything else is not offered here.
+            Iq::Get { from, id, payload, .. } if payload.is("ping", NS_PING) => {
+                stream.send(Box::new(Iq::Result { from: None, to: from, id, payload: None }.into())).await;
                 return;
             }
-            Iq::Set { from, id, .. } => {
+            Iq::Get { from, id, .. } | Iq::Set { from, id, .. } => {
                 let error = StanzaError::new(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "en", "");
                 stream.send(Box::new(Iq::Error { from: None, to: from, id, error, payload: None }.into())).await;
                 return;
