@@ -152,6 +152,7 @@ impl From<TwinError> for ApiError {
             TwinError::Act(ActError::Refused(why)) => ApiError::unprocessable(Some("params".into()), why),
             TwinError::Act(e) => ApiError::bad_gateway(e.to_string()),
             TwinError::Storage(e) => e.into(),
+            e @ TwinError::Imported { .. } => ApiError::forbidden(e.to_string()),
         }
     }
 }

@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod error;
 mod ingest;
+mod labels;
 mod metrics;
 mod openapi;
 mod plugins;
@@ -33,6 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 
 pub use auth::Caller;
 pub use error::ApiError;
+pub use labels::TwinLabels;
 pub use metrics::Metrics;
 pub use openapi::openapi;
 pub use system::{token_info, token_record};
@@ -98,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{id}", axum::routing::delete(system::delete_token))
         .route("/policy", get(system::get_policy).put(system::put_policy))
         .route("/policy/check", post(system::check_policy))
+        .route("/policy/explain", post(system::explain_policy))
         .route("/plugins", get(plugins::list).post(plugins::install))
         .route("/plugins/{id}", get(plugins::get_one).put(plugins::upgrade).delete(plugins::remove))
         .route("/plugins/{id}/config", put(plugins::set_config))

@@ -5,7 +5,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hub_model::Timestamp;
-use hub_policy::{Action, Principal, TokenInfo, TokenRegistry};
+use hub_policy::{Action, Attributes, Explanation, Principal, TokenInfo, TokenRegistry};
 use hub_store::TokenRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -168,7 +168,7 @@ pub async fn put_policy(State(state): State<AppState>, caller: Caller, body: Raw
         let _ = state.policy.replace(&previous).await;
         return Err(e.into());
     }
-    tracing::info!(subject = %caller.0.subject, "policy replaced");
+    tracing::info!(target: "hub::audit", subject = %caller.0.subject, version = state.policy.version(), "policy replaced");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -181,6 +181,10 @@ pub struct CheckRequest {
     /// Roles the subject's token would carry.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Attributes the subject's token would carry (departments, clearance), beside those the policy gives it.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub attributes: Attributes,
     /// The object (`provider/service/resource`, `provider`, `policy`, `plugin:<id>`, ...).
     pub object: String,
     /// read, write, act or admin.
@@ -196,11 +200,28 @@ pub async fn check_policy(
     JsonBody(req): JsonBody<CheckRequest>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &caller, "policy", Action::Read)?;
+    let explanation = explain(&state, req)?;
+    Ok(Json(json!({ "allowed": explanation.allowed, "matched": explanation.matched, "reason": explanation.reason })))
+}
+
+/// Which rule allowed or denied a request: the deciding line, the reason in words, the object's labels (data
+/// class, clearance, department, owner, each with where it was set) and the subject's attributes.
+#[utoipa::path(post, path = "/api/v1/policy/explain", tag = "admin", request_body = CheckRequest,
+    responses((status = 200, description = "`{allowed, matched, line, reason, domain, labels, attributes}`"), (status = 400), (status = 401), (status = 403)))]
+pub async fn explain_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<CheckRequest>,
+) -> Result<Json<Explanation>, ApiError> {
+    authorize(&state, &caller, "policy", Action::Read)?;
+    explain(&state, req).map(Json)
+}
+
+fn explain(state: &AppState, req: CheckRequest) -> Result<Explanation, ApiError> {
     let action: Action =
         req.action.parse().map_err(|_| ApiError::bad_request("action", "action is read, write, act or admin"))?;
-    let principal = Principal { subject: req.subject, roles: req.roles };
-    let explanation = state.policy.explain(&principal, &req.object, action);
-    Ok(Json(json!({ "allowed": explanation.allowed, "matched": explanation.matched })))
+    let principal = Principal::new(req.subject, req.roles).with_attributes(req.attributes);
+    Ok(state.policy.explain(&principal, &req.object, action))
 }
 
 /// Liveness and a summary; also proves the store answers.

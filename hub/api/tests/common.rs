@@ -40,7 +40,8 @@ impl Hub {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("hub.db")).unwrap());
         let twin = Arc::new(Twin::open(store, Bus::new(1024)).await.unwrap());
-        let policy = Arc::new(PolicyEngine::new(policy).unwrap());
+        let policy = Arc::new(PolicyEngine::with_domain(policy, "santander", 10_000).unwrap());
+        policy.set_label_source(Arc::new(hub_api::TwinLabels(twin.clone())));
         let plugins = hub_runtime::PluginHost::new(
             hub_runtime::HostConfig::new(dir.path(), "0.1.0".parse().unwrap()),
             twin.clone(),

@@ -34,7 +34,9 @@ fn body_for(method: &str, path: &str) -> Option<(&'static str, Vec<u8>)> {
         }
         ("PUT", "/api/v1/plugins/{id}/config") => json(json!({"config": null})),
         ("PUT", "/api/v1/plugins/{id}/grant") => json(json!({"providers": ["x-*"]})),
-        ("POST", "/api/v1/policy/check") => json(json!({"subject": "a", "object": "b", "action": "read"})),
+        ("POST", "/api/v1/policy/check" | "/api/v1/policy/explain") => {
+            json(json!({"subject": "a", "object": "b", "action": "read"}))
+        }
         _ => None,
     }
 }

@@ -285,7 +285,11 @@ async fn serve(config: Config) -> Result<()> {
             DEFAULT_POLICY.to_string()
         }
     };
-    let policy = Arc::new(PolicyEngine::new(&policy_text).context("the stored policy is invalid")?);
+    let policy = Arc::new(
+        PolicyEngine::with_domain(&policy_text, &config.policy.domain, hub_policy::DEFAULT_CACHE_CAPACITY)
+            .context("the stored policy is invalid")?,
+    );
+    policy.set_label_source(Arc::new(hub_api::TwinLabels(twin.clone())));
     let tokens = Arc::new(TokenRegistry::new());
     let records = store.tokens().await?;
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;

@@ -51,9 +51,26 @@ pub struct Config {
     pub xmpp: toml::Table,
     /// Plugins.
     pub plugins: PluginsConfig,
+    /// Authorisation.
+    pub policy: PolicyConfig,
     /// OpenID Connect: the issuers whose JWT access tokens the API accepts (`[[oidc.issuers]]`). Schema in
     /// `hub-identity`; validated by the binary, naming `oidc.` keys.
     pub oidc: toml::Table,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The hub's own domain (its city or organisation, e.g. `santander`): policy names without `@domain` belong
+    /// to it, and hub tokens authenticate subjects in it. Default `local`.
+    pub domain: String,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { domain: "local".to_owned() }
+    }
 }
 
 /// `[plugins]`
@@ -263,6 +280,13 @@ impl Config {
                 || !schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
         {
             issue("storage.schema".into(), "must be 1 to 63 characters from a-z, 0-9 and _");
+        }
+        let domain = &self.policy.domain;
+        if domain.is_empty()
+            || domain.len() > 64
+            || !domain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            issue("policy.domain".into(), "must be 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'");
         }
         if self.retention.interval < Duration::from_secs(1) {
             issue("retention.interval".into(), "must be at least 1s");

@@ -25,6 +25,14 @@ pub struct IssuerConfig {
     /// The claim that lists the subject's roles (an array of strings, or one space-separated string).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// The claim that lists the subject's departments (an array of strings, or one space-separated string).
+    /// Unset: the issuer's department claims are not trusted (the policy's `s` lines can still give some).
+    #[serde(default)]
+    pub department_claim: Option<String>,
+    /// The claim that carries the subject's clearance level (a number or a numeric string, 0–255). Unset: not
+    /// trusted.
+    #[serde(default)]
+    pub clearance_claim: Option<String>,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
@@ -63,6 +71,8 @@ impl IssuerConfig {
             audience: audience.to_owned(),
             domain: domain.to_owned(),
             roles_claim: default_roles_claim(),
+            department_claim: None,
+            clearance_claim: None,
             leeway_secs: default_leeway(),
             jwks_refresh_secs: default_refresh(),
             min_refresh_secs: default_min_refresh(),

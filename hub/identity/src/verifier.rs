@@ -7,7 +7,7 @@ use std::{
 };
 
 use base64::Engine;
-use hub_policy::{Principal, validate_name};
+use hub_policy::{Attributes, Principal, validate_name};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -387,5 +387,34 @@ fn principal(claims: &serde_json::Map<String, Value>, config: &IssuerConfig) -> 
             roles.push(role);
         }
     }
-    Ok(Principal::new(subject, roles))
+    Ok(Principal::new(subject, roles).with_attributes(attributes(claims, config)))
+}
+
+/// The attributes of verified claims, from the claims the issuer entry names (none unless configured: the hub
+/// decides whose department and clearance claims it trusts). Values the policy could not use are left out.
+fn attributes(claims: &serde_json::Map<String, Value>, config: &IssuerConfig) -> Attributes {
+    let mut attributes = Attributes::default();
+    if let Some(claim) = &config.department_claim {
+        let listed: Vec<&str> = match claims.get(claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(items)) => items.split_whitespace().collect(),
+            _ => Vec::new(),
+        };
+        for department in listed {
+            if !department.contains('@')
+                && validate_name("department", department).is_ok()
+                && !attributes.departments.iter().any(|d| d == department)
+            {
+                attributes.departments.push(department.to_owned());
+            }
+        }
+    }
+    if let Some(claim) = &config.clearance_claim {
+        attributes.clearance = match claims.get(claim) {
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
+            Some(Value::String(s)) => s.parse::<u8>().ok(),
+            _ => None,
+        };
+    }
+    attributes
 }

@@ -133,6 +133,27 @@ async fn a_valid_token_becomes_a_principal_of_its_domain() {
 }
 
 #[tokio::test]
+async fn attribute_claims_count_only_where_the_entry_trusts_them() {
+    let rsa = Key::new("rsa-1", Algorithm::RS256);
+    let idp = serve(vec![rsa.jwk()]).await;
+    let mut token = claims(&idp.issuer);
+    token["dept"] = json!(["environment", "tourism", "bad@name", "environment"]);
+    token["level"] = json!(2);
+    let token = rsa.sign(&token);
+    // Not configured: the claims are ignored.
+    let (untrusted, _) = verifier(&idp.issuer).verify(&token).await.unwrap();
+    assert!(untrusted.attributes.is_empty(), "{untrusted:?}");
+    // Configured: departments (each once, valid names only) and the clearance.
+    let mut entry = IssuerConfig::new(&idp.issuer, AUDIENCE, "fujisawa");
+    entry.department_claim = Some("dept".into());
+    entry.clearance_claim = Some("level".into());
+    let trusting = OidcVerifier::new(&OidcConfig { issuers: vec![entry] }).unwrap();
+    let (principal, _) = trusting.verify(&token).await.unwrap();
+    assert_eq!(principal.attributes.departments, ["environment", "tourism"]);
+    assert_eq!(principal.attributes.clearance, Some(2));
+}
+
+#[tokio::test]
 async fn every_bad_token_is_refused_with_its_reason() {
     let rsa = Key::new("rsa-1", Algorithm::RS256);
     let stranger = Key::new("rsa-x", Algorithm::RS256);

@@ -6,7 +6,7 @@ use std::{
     hash::{Hash, Hasher},
     pin::pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, Waker},
@@ -18,33 +18,43 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::{
-    Action, PolicyError, Principal,
+    Action, Attributes, DataClass, LabelSource, PolicyError, Principal, ResolvedLabels,
+    abac::{LabelOrigin, Labelled},
     glob::{obj_match_function, object_matches},
     principal::MAX_NAME_LEN,
-    rules::{MAX_OBJECT_LEN, ParsedPolicy, Permission},
+    rules::{
+        Consent, LabelValue, MAX_OBJECT_LEN, ParsedPolicy, Permission, SubjectValue, canonical_name, split_domain,
+        validate_domain,
+    },
 };
 
-/// The casbin model every policy is evaluated against.
+/// The casbin model the permissions (`p` and `g` lines) are evaluated against: role-based access control with
+/// domains.
 ///
-/// A request is `(subject, object, action)`. A policy line `p, sub, obj, act` allows it when the request subject
-/// is `sub` or has been given the role `sub` through `g` lines, the object matches the pattern `obj` (see
+/// A request is `(subject, domain, object, action)`, the subject's name split from its domain (`alice@fujisawa`
+/// is `alice` in `fujisawa`; a name without `@` is in the hub's own domain). A policy line `p, sub, obj, act`
+/// (stored as `p, name, domain, obj, act`) allows it when the request subject is `sub` or has been given the role
+/// `sub` in the same domain through `g` lines, the object matches the pattern `obj` (see
 /// [`object_matches`](crate::object_matches)), and `act` is the requested action or `*`. Any allowing line is
-/// enough; there are no deny lines.
+/// enough; there are no deny lines. Data classes then bound reads (see [`DataClass`]).
 pub const CASBIN_MODEL: &str = r#"[request_definition]
-r = sub, obj, act
+r = sub, dom, obj, act
 
 [policy_definition]
-p = sub, obj, act
+p = sub, dom, obj, act
 
 [role_definition]
-g = _, _
+g = _, _, _
 
 [policy_effect]
 e = some(where (p.eft == allow))
 
 [matchers]
-m = g(r.sub, p.sub) && objMatch(r.obj, p.obj) && (p.act == "*" || r.act == p.act)
+m = g(r.sub, p.sub, r.dom) && r.dom == p.dom && objMatch(r.obj, p.obj) && (p.act == "*" || r.act == p.act)
 "#;
+
+/// The domain of a hub whose configuration names none.
+pub const DEFAULT_DOMAIN: &str = "local";
 
 /// The policy a new hub starts with: the `admin` subject (or any token with the `admin` role) may do everything,
 /// and nobody else may do anything, including anonymous requests.
@@ -81,10 +91,19 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 pub struct Explanation {
     /// The decision, identical to what [`PolicyEngine::check`] returns.
     pub allowed: bool,
-    /// The `p` line that allowed the request, normalised as `p, subject, object, action`. `None` when denied.
+    /// The line that allowed the request (a `p` line, or the `c` line of a consent), normalised. `None` when
+    /// no line did (denied, or allowed by the data class alone).
     pub matched: Option<String>,
-    /// The 1-based line number of that `p` line in the policy text. `None` when denied.
+    /// The 1-based line number of that line in the policy text.
     pub line: Option<usize>,
+    /// The decision in one sentence: which rule allowed or denied the request.
+    pub reason: String,
+    /// The domain the subject belongs to.
+    pub domain: String,
+    /// The object's labels (data class, clearance, department, owner) with where each was set.
+    pub labels: ResolvedLabels,
+    /// The subject's attributes (its own, its roles', its token's), when the data class needed them.
+    pub attributes: Option<Attributes>,
 }
 
 /// The hub's authorisation decisions.
@@ -96,6 +115,10 @@ pub struct PolicyEngine {
     /// Serialises writers so that versions increase by exactly one per successful replace.
     writer: Mutex<()>,
     cache_capacity: usize,
+    /// The hub's own domain.
+    domain: String,
+    /// The objects' own labels (their metadata), once the live model is wired in.
+    labels: OnceLock<Arc<dyn LabelSource>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -111,61 +134,210 @@ impl std::fmt::Debug for PolicyEngine {
 }
 
 impl PolicyEngine {
-    /// Builds an engine from policy text, with the default cache capacity. The first version is 1.
+    /// Builds an engine from policy text for a hub in the domain `local`, with the default cache capacity. The
+    /// first version is 1.
     pub fn new(text: &str) -> Result<Self, PolicyError> {
-        Self::with_cache_capacity(text, DEFAULT_CACHE_CAPACITY)
+        Self::with_domain(text, DEFAULT_DOMAIN, DEFAULT_CACHE_CAPACITY)
     }
 
     /// Builds an engine whose decision cache holds at most about `capacity` entries before it is cleared.
     pub fn with_cache_capacity(text: &str, capacity: usize) -> Result<Self, PolicyError> {
-        let compiled = Compiled::build(text)?;
+        Self::with_domain(text, DEFAULT_DOMAIN, capacity)
+    }
+
+    /// Builds an engine for a hub whose own domain (city) is `domain`: names without `@` belong to it.
+    pub fn with_domain(text: &str, domain: &str, capacity: usize) -> Result<Self, PolicyError> {
+        validate_domain(domain).map_err(|message| PolicyError::Engine(format!("the hub's domain: {message}")))?;
+        let compiled = Compiled::build(text, domain)?;
         Ok(PolicyEngine {
             current: ArcSwap::from_pointee(Snapshot::new(compiled, 1, capacity)),
             writer: Mutex::new(()),
             cache_capacity: capacity,
+            domain: domain.to_owned(),
+            labels: OnceLock::new(),
         })
     }
 
+    /// The hub's own domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Makes the objects' metadata a source of labels (data class, clearance, department, owner). Set once,
+    /// when the live model exists; later calls are ignored.
+    pub fn set_label_source(&self, source: Arc<dyn LabelSource>) {
+        let _ = self.labels.set(source);
+    }
+
     /// Validates policy text exactly as [`replace`](Self::replace) would, without installing it.
-    pub fn validate(text: &str) -> Result<(), PolicyError> {
-        Compiled::build(text).map(drop)
+    pub fn validate(&self, text: &str) -> Result<(), PolicyError> {
+        Compiled::build(text, &self.domain).map(drop)
     }
 
     /// Whether `principal` may perform `action` on `object`.
     ///
-    /// The principal is allowed when its subject, or any one of its roles, is allowed by the policy. Decisions
-    /// are cached per (subject or role, object, action) in the current snapshot, so a repeated check costs a
-    /// hash lookup. Objects longer than 512 bytes are denied outright. If casbin reports an error the request is
-    /// denied (and the error logged), never allowed.
+    /// The permissions allow a request when the principal's subject, or any one of its roles, is allowed by a
+    /// `p` line in its domain; those decisions are cached per (subject or role, object, action) in the current
+    /// snapshot, so a repeated check costs a hash lookup. A read of an object with a data class is then decided
+    /// by the class (see [`DataClass`]). Objects longer than 512 bytes are denied outright. If casbin reports an
+    /// error the request is denied (and the error logged), never allowed.
     pub fn check(&self, principal: &Principal, object: &str, action: Action) -> bool {
         if object.len() > MAX_OBJECT_LEN {
             return false;
         }
         let snapshot = self.current.load();
-        snapshot.decide(&principal.subject, object, action)
-            || principal.roles.iter().any(|role| snapshot.decide(role, object, action))
+        self.evaluate(&snapshot, principal, object, action).0.allowed()
     }
 
-    /// Like [`check`](Self::check), and also names the policy line that allowed the request.
+    /// Like [`check`](Self::check), and also says which rule allowed or denied the request, with the labels and
+    /// attributes that decided it.
     ///
-    /// Meant for diagnostics (the studio's "why was this allowed?"); it bypasses the cache.
+    /// Meant for diagnostics (the studio's policy dashboard); the permission line is looked up without the cache.
     pub fn explain(&self, principal: &Principal, object: &str, action: Action) -> Explanation {
-        let denied = Explanation { allowed: false, matched: None, line: None };
+        let subject_domain = split_domain(&principal.subject, &self.domain).1;
+        let mut explanation = Explanation {
+            allowed: false,
+            matched: None,
+            line: None,
+            reason: String::new(),
+            domain: subject_domain.to_owned(),
+            labels: ResolvedLabels::default(),
+            attributes: None,
+        };
         if object.len() > MAX_OBJECT_LEN {
-            return denied;
+            explanation.reason = format!("objects longer than {MAX_OBJECT_LEN} characters are always denied");
+            return explanation;
         }
         let snapshot = self.current.load();
-        for who in std::iter::once(&principal.subject).chain(&principal.roles) {
-            if snapshot.enforce(who, object, action) {
-                let permission = snapshot.matching_permission(who, object, action);
-                return Explanation {
-                    allowed: true,
-                    matched: permission.map(ToString::to_string),
-                    line: permission.map(|p| p.line),
-                };
-            }
+        let (outcome, labels) = self.evaluate(&snapshot, principal, object, action);
+        explanation.allowed = outcome.allowed();
+        if labels.class.is_some() && action == Action::Read {
+            explanation.attributes = Some(snapshot.attributes(principal, &self.domain));
         }
-        denied
+        let permission = || {
+            std::iter::once(&principal.subject)
+                .chain(&principal.roles)
+                .find_map(|who| snapshot.matching_permission(who, object, action, &self.domain))
+        };
+        let class = labels.class.as_ref().map(|c| c.value);
+        explanation.reason = match &outcome {
+            Outcome::Permission => {
+                let line = permission();
+                explanation.matched = line.map(ToString::to_string);
+                explanation.line = line.map(|p| p.line);
+                match class {
+                    Some(class) if action == Action::Read => {
+                        format!("a permission allows it and the {class} data class lets this subject read it")
+                    }
+                    _ => "a permission allows it".to_owned(),
+                }
+            }
+            Outcome::NoPermission => format!("no permission allows {action} on {object} for this subject or its roles"),
+            Outcome::Open => "open data: everyone may read it".to_owned(),
+            Outcome::LocalStaff => {
+                format!("{} data: staff of this city (a subject with a department) may read it", class_name(class))
+            }
+            Outcome::NotStaff => {
+                format!("{} data is for City Hall staff, and this subject has no department", class_name(class))
+            }
+            Outcome::Clearance { needed, has } => {
+                format!("confidential data needs clearance {needed}; this subject has {has}")
+            }
+            Outcome::Department(department) => {
+                format!("confidential data of the department {department}; this subject does not work in it")
+            }
+            Outcome::ForeignWithoutPermission => format!(
+                "{} data: staff of another domain need a permission, and none allows this subject",
+                class_name(class)
+            ),
+            Outcome::Owner => "personal data, read by its owner".to_owned(),
+            Outcome::Consent(consent) => {
+                explanation.matched = Some(consent.to_string());
+                explanation.line = Some(consent.line);
+                "personal data, read under its owner's consent".to_owned()
+            }
+            Outcome::NotGranted => match labels.owner.as_ref() {
+                Some(owner) => {
+                    format!("personal data: only its owner {} and whom the owner granted may read it", owner.value)
+                }
+                None => "personal data without an owner: nobody may read it".to_owned(),
+            },
+        };
+        explanation.labels = labels;
+        explanation
+    }
+
+    /// The decision and the labels it looked at.
+    fn evaluate<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        principal: &Principal,
+        object: &str,
+        action: Action,
+    ) -> (Outcome<'s>, ResolvedLabels) {
+        let permitted = || {
+            snapshot.decide(&principal.subject, object, action, &self.domain)
+                || principal.roles.iter().any(|role| snapshot.decide(role, object, action, &self.domain))
+        };
+        let labels = if action == Action::Read { self.labels(snapshot, object) } else { ResolvedLabels::default() };
+        let Some(class) = labels.class.as_ref().map(|c| c.value) else {
+            let outcome = if permitted() { Outcome::Permission } else { Outcome::NoPermission };
+            return (outcome, labels);
+        };
+        let outcome = match class {
+            DataClass::Open => Outcome::Open,
+            DataClass::Closed | DataClass::Confidential => {
+                let attributes = snapshot.attributes(principal, &self.domain);
+                let local = split_domain(&principal.subject, &self.domain).1 == self.domain;
+                let needed = labels.clearance.as_ref().map_or(1, |c| c.value);
+                let has = attributes.clearance.unwrap_or(0);
+                if attributes.departments.is_empty() {
+                    Outcome::NotStaff
+                } else if class == DataClass::Confidential && has < needed {
+                    Outcome::Clearance { needed, has }
+                } else if class == DataClass::Confidential
+                    && let Some(department) = &labels.department
+                    && !attributes.departments.contains(&department.value)
+                {
+                    Outcome::Department(department.value.clone())
+                } else if local {
+                    Outcome::LocalStaff
+                } else if permitted() {
+                    Outcome::Permission
+                } else {
+                    Outcome::ForeignWithoutPermission
+                }
+            }
+            DataClass::Personal => {
+                let owner = labels.owner.as_ref().map(|o| o.value.as_str());
+                match owner {
+                    Some(owner) if canonical_name(&principal.subject, &self.domain) == owner => Outcome::Owner,
+                    Some(owner) => snapshot
+                        .policy
+                        .consents
+                        .iter()
+                        .find(|c| {
+                            c.owner == owner
+                                && object_matches(&c.object, object)
+                                && snapshot.acts_as(principal, &c.grantee, &self.domain)
+                        })
+                        .map_or(Outcome::NotGranted, Outcome::Consent),
+                    None => Outcome::NotGranted,
+                }
+            }
+        };
+        (outcome, labels)
+    }
+
+    /// The labels in force for an object: the policy's, then its metadata's.
+    fn labels(&self, snapshot: &Snapshot, object: &str) -> ResolvedLabels {
+        let mut labels = snapshot.policy_labels(object);
+        if !labels.is_complete()
+            && let Some(source) = self.labels.get()
+        {
+            labels.fill_from(source.labels(object));
+        }
+        labels
     }
 
     /// Validates `text` fully, then makes it the policy for every later check.
@@ -178,7 +350,7 @@ impl PolicyEngine {
     /// thousand lines); it is `async` so that a later version can move large policies off the executor
     /// without changing callers.
     pub async fn replace(&self, text: &str) -> Result<(), PolicyError> {
-        let compiled = Compiled::build(text)?;
+        let compiled = Compiled::build(text, &self.domain)?;
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let version = self.current.load().version + 1;
         self.current.store(Arc::new(Snapshot::new(compiled, version, self.cache_capacity)));
@@ -210,9 +382,9 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn build(text: &str) -> Result<Self, PolicyError> {
-        let policy = ParsedPolicy::parse(text)?;
-        let csv = policy.to_casbin_csv();
+    fn build(text: &str, domain: &str) -> Result<Self, PolicyError> {
+        let policy = ParsedPolicy::parse(text, domain)?;
+        let csv = policy.to_casbin_csv(domain);
         let enforcer = run_ready(async move {
             let model = DefaultModel::from_str(CASBIN_MODEL).await?;
             let mut enforcer = Enforcer::new(model, StringAdapter::new(csv)).await?;
@@ -243,16 +415,64 @@ struct Snapshot {
     enforcer: Enforcer,
     version: u64,
     cache: DecisionCache,
+    /// Attributes the `s` lines give each subject or role name (through its roles), when there are `s` lines.
+    subject_attributes: BoundedMap<Attributes>,
+    /// Labels the `o` lines give each object, when there are `o` lines.
+    object_labels: BoundedMap<ResolvedLabels>,
+}
+
+/// How a request was decided.
+enum Outcome<'s> {
+    /// A permission allows it (and, for a classified read, the class lets this subject read).
+    Permission,
+    /// No permission allows it.
+    NoPermission,
+    /// Open data.
+    Open,
+    /// Closed or confidential data read by the staff of this city.
+    LocalStaff,
+    /// Closed or confidential data, and the subject has no department.
+    NotStaff,
+    /// Confidential data above the subject's clearance.
+    Clearance { needed: u8, has: u8 },
+    /// Confidential data of a department the subject does not work in.
+    Department(String),
+    /// Closed or confidential data, a subject of another domain, and no permission for it.
+    ForeignWithoutPermission,
+    /// Personal data read by its owner.
+    Owner,
+    /// Personal data read under a consent.
+    Consent(&'s Consent),
+    /// Personal data, neither owner nor consent.
+    NotGranted,
+}
+
+impl Outcome<'_> {
+    fn allowed(&self) -> bool {
+        matches!(self, Outcome::Permission | Outcome::Open | Outcome::LocalStaff | Outcome::Owner | Outcome::Consent(_))
+    }
+}
+
+fn class_name(class: Option<DataClass>) -> &'static str {
+    class.map_or("unclassified", DataClass::as_str)
 }
 
 impl Snapshot {
     fn new(compiled: Compiled, version: u64, cache_capacity: usize) -> Self {
         let Compiled { text, policy, enforcer } = compiled;
-        Snapshot { text, policy, enforcer, version, cache: DecisionCache::new(cache_capacity) }
+        Snapshot {
+            text,
+            policy,
+            enforcer,
+            version,
+            cache: DecisionCache::new(cache_capacity),
+            subject_attributes: BoundedMap::new(cache_capacity),
+            object_labels: BoundedMap::new(cache_capacity),
+        }
     }
 
-    /// The cached decision for one subject or role.
-    fn decide(&self, who: &str, object: &str, action: Action) -> bool {
+    /// The cached permission decision for one subject or role.
+    fn decide(&self, who: &str, object: &str, action: Action, local: &str) -> bool {
         // Policy subjects are validated names of at most 128 bytes, so a longer one can never match; refusing it
         // here also keeps oversized keys out of the cache.
         if who.len() > MAX_NAME_LEN {
@@ -261,14 +481,15 @@ impl Snapshot {
         if let Some(allowed) = self.cache.get(who, object, action) {
             return allowed;
         }
-        let allowed = self.enforce(who, object, action);
+        let allowed = self.enforce(who, object, action, local);
         self.cache.insert(who, object, action, allowed);
         allowed
     }
 
     /// An uncached casbin decision. Errors deny.
-    fn enforce(&self, who: &str, object: &str, action: Action) -> bool {
-        match self.enforcer.enforce((who, object, action.as_str())) {
+    fn enforce(&self, who: &str, object: &str, action: Action, local: &str) -> bool {
+        let (name, domain) = split_domain(who, local);
+        match self.enforcer.enforce((name, domain, object, action.as_str())) {
             Ok(allowed) => allowed,
             Err(error) => {
                 tracing::warn!(%error, subject = who, object, %action, "casbin enforce failed; denying");
@@ -277,17 +498,110 @@ impl Snapshot {
         }
     }
 
+    /// Whether `who` is `name` or has been given the role `name` in its domain through `g` lines.
+    fn is_or_has(&self, who: &str, name: &str, local: &str) -> bool {
+        let (who_name, who_domain) = split_domain(who, local);
+        let (name, domain) = split_domain(name, local);
+        if who_domain != domain {
+            return false;
+        }
+        let roles = self.enforcer.get_role_manager();
+        let roles = roles.read();
+        roles.has_link(who_name, name, Some(domain))
+    }
+
+    /// Whether the principal's subject or one of its token roles is `name` or has its role.
+    fn acts_as(&self, principal: &Principal, name: &str, local: &str) -> bool {
+        std::iter::once(&principal.subject).chain(&principal.roles).any(|who| self.is_or_has(who, name, local))
+    }
+
+    /// The principal's attributes: its token's, merged with those `s` lines give its subject and roles.
+    fn attributes(&self, principal: &Principal, local: &str) -> Attributes {
+        let mut attributes = principal.attributes.clone();
+        if self.policy.subject_attributes.is_empty() {
+            return attributes;
+        }
+        for who in std::iter::once(&principal.subject).chain(&principal.roles) {
+            if who.len() > MAX_NAME_LEN {
+                continue;
+            }
+            let from_policy = self.subject_attributes.get_or_insert_with(who, || {
+                let mut found = Attributes::default();
+                for line in &self.policy.subject_attributes {
+                    if self.is_or_has(who, &line.subject, local) {
+                        match &line.value {
+                            SubjectValue::Department(d) => {
+                                found.merge(&Attributes { departments: vec![d.clone()], clearance: None })
+                            }
+                            SubjectValue::Clearance(c) => found.clearance = found.clearance.max(Some(*c)),
+                        }
+                    }
+                }
+                found
+            });
+            attributes.merge(&from_policy);
+        }
+        attributes
+    }
+
+    /// The labels the `o` lines give an object: the first matching line, in text order, for each label.
+    fn policy_labels(&self, object: &str) -> ResolvedLabels {
+        if self.policy.object_labels.is_empty() {
+            return ResolvedLabels::default();
+        }
+        let labels = self.object_labels.get_or_insert_with(object, || {
+            let mut labels = ResolvedLabels::default();
+            for line in self.policy.object_labels.iter().filter(|l| object_matches(&l.pattern, object)) {
+                fn set<T>(slot: &mut Option<Labelled<T>>, value: T, line: usize) {
+                    if slot.is_none() {
+                        *slot = Some(Labelled { value, origin: LabelOrigin::Policy(line) });
+                    }
+                }
+                match &line.value {
+                    LabelValue::Class(c) => set(&mut labels.class, *c, line.line),
+                    LabelValue::Clearance(c) => set(&mut labels.clearance, *c, line.line),
+                    LabelValue::Department(d) => set(&mut labels.department, d.clone(), line.line),
+                    LabelValue::Owner(o) => set(&mut labels.owner, o.clone(), line.line),
+                }
+            }
+            labels
+        });
+        (*labels).clone()
+    }
+
     /// The first `p` line, in text order, that allows `who` to do `action` on `object`.
     ///
     /// This re-applies the model's matcher in Rust (role links come from casbin's own role manager), because
     /// casbin only reports matched lines when its logging feature is on, which starts a logging thread per
     /// enforcer.
-    fn matching_permission(&self, who: &str, object: &str, action: Action) -> Option<&Permission> {
-        let roles = self.enforcer.get_role_manager();
-        let roles = roles.read();
+    fn matching_permission(&self, who: &str, object: &str, action: Action, local: &str) -> Option<&Permission> {
         self.policy.permissions.iter().find(|p| {
-            p.action.allows(action) && object_matches(&p.object, object) && roles.has_link(who, &p.subject, None)
+            p.action.allows(action) && object_matches(&p.object, object) && self.is_or_has(who, &p.subject, local)
         })
+    }
+}
+
+/// A concurrent map from a name to a value computed once per snapshot, cleared when it outgrows its capacity.
+struct BoundedMap<T> {
+    map: DashMap<Box<str>, Arc<T>>,
+    capacity: usize,
+}
+
+impl<T> BoundedMap<T> {
+    fn new(capacity: usize) -> Self {
+        BoundedMap { map: DashMap::new(), capacity: capacity.max(1) }
+    }
+
+    fn get_or_insert_with(&self, key: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        if let Some(value) = self.map.get(key) {
+            return Arc::clone(value.value());
+        }
+        let value = Arc::new(make());
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(key.into(), Arc::clone(&value));
+        value
     }
 }
 

@@ -10,6 +10,7 @@
 //! and a new policy applies to the very next check. The crate does no I/O: loading and saving tokens and policy
 //! text is the caller's job (the store), which converts its records to [`TokenInfo`].
 
+mod abac;
 mod engine;
 mod error;
 mod glob;
@@ -18,9 +19,10 @@ mod principal;
 mod rules;
 mod token;
 
-pub use engine::{CASBIN_MODEL, DEFAULT_CACHE_CAPACITY, DEFAULT_POLICY, Explanation, PolicyEngine};
+pub use abac::{DataClass, LabelOrigin, LabelSource, Labelled, Labels, ResolvedLabels, metadata_keys};
+pub use engine::{CASBIN_MODEL, DEFAULT_CACHE_CAPACITY, DEFAULT_DOMAIN, DEFAULT_POLICY, Explanation, PolicyEngine};
 pub use error::{AuthError, PolicyError};
 pub use glob::object_matches;
-pub use principal::{ANONYMOUS, Action, MAX_NAME_LEN, Principal, validate_name};
+pub use principal::{ANONYMOUS, Action, Attributes, MAX_NAME_LEN, Principal, validate_name};
 pub use rules::MAX_OBJECT_LEN;
 pub use token::{TOKEN_PREFIX, TokenInfo, TokenRegistry};

@@ -10,25 +10,68 @@ pub const MAX_NAME_LEN: usize = 128;
 /// The subject of anonymous requests.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Who is asking: the subject a token (or the anonymous fallback) authenticates, and the roles it carries.
+/// Who is asking: the subject a token (or the anonymous fallback) authenticates, the roles it carries, and the
+/// attributes its issuer vouches for.
+///
+/// A name `alice@fujisawa` belongs to the domain `fujisawa`; a name without `@` belongs to the hub's own domain
+/// (see [`PolicyEngine`](crate::PolicyEngine)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Principal {
-    /// The authenticated subject, e.g. `alice` or `gateway-7`.
+    /// The authenticated subject, e.g. `alice`, `gateway-7` or `alice@fujisawa`.
     pub subject: String,
     /// Roles carried by the token. Each is checked against the policy as if it were a subject.
     pub roles: Vec<String>,
+    /// Attributes from the token (an OpenID provider's claims), merged with those the policy gives the subject
+    /// and its roles (`s` lines).
+    #[serde(default, skip_serializing_if = "Attributes::is_empty")]
+    pub attributes: Attributes,
+}
+
+/// Subject attributes that decide who may read classified data: the departments the subject works in (City
+/// Hall staff have at least one) and its clearance level (0 when none is given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attributes {
+    /// Departments, e.g. `environment`, `disaster-prevention`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub departments: Vec<String>,
+    /// Clearance level; confidential data needs at least its own level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clearance: Option<u8>,
+}
+
+impl Attributes {
+    /// Whether no attribute is set.
+    pub fn is_empty(&self) -> bool {
+        self.departments.is_empty() && self.clearance.is_none()
+    }
+
+    /// Adds `other`'s departments and keeps the higher clearance.
+    pub fn merge(&mut self, other: &Attributes) {
+        for department in &other.departments {
+            if !self.departments.contains(department) {
+                self.departments.push(department.clone());
+            }
+        }
+        self.clearance = self.clearance.max(other.clearance);
+    }
 }
 
 impl Principal {
     /// A principal with a subject and roles. Names are not validated here: a name that breaks the naming rules
     /// can never match a policy line, so it is simply denied.
     pub fn new(subject: impl Into<String>, roles: Vec<String>) -> Self {
-        Principal { subject: subject.into(), roles }
+        Principal { subject: subject.into(), roles, attributes: Attributes::default() }
+    }
+
+    /// The same principal with these attributes.
+    pub fn with_attributes(mut self, attributes: Attributes) -> Self {
+        self.attributes = attributes;
+        self
     }
 
     /// The principal of requests that carry no token: subject `anonymous`, no roles.
     pub fn anonymous() -> Self {
-        Principal { subject: ANONYMOUS.to_owned(), roles: Vec::new() }
+        Principal::new(ANONYMOUS, Vec::new())
     }
 
     /// Whether this is the anonymous principal (subject `anonymous` and no roles).

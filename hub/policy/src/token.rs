@@ -95,7 +95,7 @@ impl TokenInfo {
 
     /// The principal this token authenticates.
     pub fn principal(&self) -> Principal {
-        Principal { subject: self.subject.clone(), roles: self.roles.clone() }
+        Principal::new(self.subject.clone(), self.roles.clone())
     }
 }
 

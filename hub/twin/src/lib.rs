@@ -9,7 +9,7 @@ mod act;
 mod retention;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,7 +19,8 @@ use std::{
 use dashmap::DashMap;
 use hub_bus::{Bus, Change};
 use hub_model::{
-    ADMIN_SERVICE, ModelError, Name, Provider, ProviderDoc, Resource, ResourcePath, Timestamp, Update, ValueType,
+    ADMIN_SERVICE, MetaEntry, ModelError, Name, Provider, ProviderDoc, Resource, ResourcePath, Timestamp, Update,
+    ValueType,
 };
 use hub_store::{Store, StoreError, WriteBatch};
 use serde_json::Value;
@@ -51,6 +52,14 @@ pub enum TwinError {
     /// The store failed; nothing was applied.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The provider mirrors one of a federation peer: only the link that imports it writes it.
+    #[error("provider {provider} is imported from the peer {peer} and is read-only here")]
+    Imported {
+        /// The local name of the provider.
+        provider: String,
+        /// The peer it is imported from.
+        peer: String,
+    },
 }
 
 /// Counters of the twin.
@@ -83,9 +92,32 @@ impl Prepared {
     }
 }
 
+/// The metadata of one provider's resources that have any, by service and resource.
+type Metadata = Arc<BTreeMap<String, MetaEntry>>;
+struct ProviderMetadata(BTreeMap<String, BTreeMap<String, Metadata>>);
+
+impl ProviderMetadata {
+    fn of(provider: &Provider) -> Option<Arc<ProviderMetadata>> {
+        let mut all: BTreeMap<String, BTreeMap<String, Metadata>> = BTreeMap::new();
+        for (service, s) in &provider.services {
+            for (resource, r) in &s.resources {
+                if !r.metadata.is_empty() {
+                    all.entry(service.to_string())
+                        .or_default()
+                        .insert(resource.to_string(), Arc::new(r.metadata.clone()));
+                }
+            }
+        }
+        (!all.is_empty()).then(|| Arc::new(ProviderMetadata(all)))
+    }
+}
+
 /// The live model.
 pub struct Twin {
     providers: DashMap<Name, Provider>,
+    /// Every resource's metadata, by provider, kept apart from `providers` so that it can be read while a
+    /// provider is locked (the policy reads labels from it while listings walk the providers).
+    metadata: DashMap<Name, Arc<ProviderMetadata>>,
     store: Arc<dyn Store>,
     bus: Bus,
     act: ActRegistry,
@@ -93,22 +125,30 @@ pub struct Twin {
     // interleaves with a batch that would resurrect the provider in storage.
     model_gate: RwLock<()>,
     stats: TwinStats,
+    /// Name prefixes of providers imported from federation peers, with the peer's name.
+    imported: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl Twin {
     /// Rebuilds the twin from the store.
     pub async fn open(store: Arc<dyn Store>, bus: Bus) -> Result<Twin, TwinError> {
         let providers = DashMap::new();
+        let metadata = DashMap::new();
         for p in store.load().await? {
+            if let Some(m) = ProviderMetadata::of(&p) {
+                metadata.insert(p.name.clone(), m);
+            }
             providers.insert(p.name.clone(), p);
         }
         Ok(Twin {
             providers,
+            metadata,
             store,
             bus,
             act: ActRegistry::default(),
             model_gate: RwLock::new(()),
             stats: TwinStats::default(),
+            imported: std::sync::OnceLock::new(),
         })
     }
 
@@ -132,10 +172,38 @@ impl Twin {
         &self.stats
     }
 
+    /// Makes the providers whose names start with one of these prefixes read-only: they mirror a federation
+    /// peer's (prefix, peer name), and only the link writes them, through the `*_imported` methods. Set once at
+    /// start; later calls are ignored.
+    pub fn set_imported_prefixes(&self, prefixes: Vec<(String, String)>) {
+        let _ = self.imported.set(prefixes);
+    }
+
+    /// The peer a provider is imported from, if it is.
+    pub fn imported_from(&self, provider: &str) -> Option<&str> {
+        self.imported.get()?.iter().find(|(prefix, _)| provider.starts_with(prefix.as_str())).map(|(_, p)| p.as_str())
+    }
+
+    fn refuse_imported(&self, provider: &Name) -> Result<(), TwinError> {
+        match self.imported_from(provider.as_str()) {
+            Some(peer) => Err(TwinError::Imported { provider: provider.to_string(), peer: peer.to_owned() }),
+            None => Ok(()),
+        }
+    }
+
     /// Validates a batch of data updates against the live model. Either every update is valid, or the error
     /// names the first invalid one and nothing changes. Resources seen for the first time are declared as
     /// sensors of the inferred type; providers seen for the first time get `admin/status = "online"`.
     pub fn prepare(&self, updates: Vec<Update>) -> Result<Prepared, TwinError> {
+        if self.imported.get().is_some() {
+            for u in &updates {
+                self.refuse_imported(&u.path.provider)?;
+            }
+        }
+        self.prepare_any(updates)
+    }
+
+    fn prepare_any(&self, updates: Vec<Update>) -> Result<Prepared, TwinError> {
         let mut declared: HashMap<ResourcePath, ValueType> = HashMap::new();
         let mut new_providers: Vec<(Name, Timestamp)> = Vec::new();
         let mut prepared = Prepared { declarations: Vec::new(), updates: Vec::with_capacity(updates.len()) };
@@ -192,14 +260,34 @@ impl Twin {
         if sent == 0 {
             return Ok(0);
         }
+        self.commit(updates, records, true).await?;
+        Ok(sent)
+    }
+
+    /// [`Twin::ingest`] for the federation link that imports the providers: the read-only rule does not apply.
+    pub async fn ingest_imported(&self, updates: Vec<Update>) -> Result<usize, TwinError> {
+        let sent = updates.len();
+        if sent == 0 {
+            return Ok(0);
+        }
+        self.commit(updates, Vec::new(), false).await?;
+        Ok(sent)
+    }
+
+    async fn commit(
+        &self,
+        updates: Vec<Update>,
+        records: Vec<hub_store::RecordWrite>,
+        refuse_imported: bool,
+    ) -> Result<(), TwinError> {
         let _gate = self.model_gate.read().await;
-        let prepared = self.prepare(updates)?;
+        let prepared = if refuse_imported { self.prepare(updates)? } else { self.prepare_any(updates)? };
         let updates: Arc<[Update]> = prepared.updates.into();
         self.store
             .append(WriteBatch { declarations: prepared.declarations, updates: updates.clone(), records })
             .await?;
         self.apply_and_publish(updates);
-        Ok(sent)
+        Ok(())
     }
 
     /// Applies an already validated batch to memory and publishes it, without persisting it. This is the
@@ -232,6 +320,12 @@ impl Twin {
 
     /// Creates or updates a provider from a model document; returns the resulting provider.
     pub async fn put_provider(&self, name: Name, doc: &ProviderDoc) -> Result<Provider, TwinError> {
+        self.refuse_imported(&name)?;
+        self.put_provider_imported(name, doc).await
+    }
+
+    /// [`Twin::put_provider`] for the federation link that imports the provider.
+    pub async fn put_provider_imported(&self, name: Name, doc: &ProviderDoc) -> Result<Provider, TwinError> {
         let _gate = self.model_gate.write().await;
         let now = Timestamp::now();
         let existed = self.providers.get(name.as_str()).map(|p| p.clone());
@@ -248,6 +342,10 @@ impl Twin {
             .collect();
         let updates: Arc<[Update]> = updates.into();
         self.store.append(WriteBatch { declarations, updates: updates.clone(), records: Vec::new() }).await?;
+        match ProviderMetadata::of(&next) {
+            Some(m) => self.metadata.insert(name.clone(), m),
+            None => self.metadata.remove(name.as_str()).map(|(_, m)| m),
+        };
         self.providers.insert(name.clone(), next.clone());
         self.bus.publish(Change::ModelChanged(name));
         if !updates.is_empty() {
@@ -258,6 +356,7 @@ impl Twin {
 
     /// A client SET on a `state` or `property` resource.
     pub async fn set(&self, path: ResourcePath, value: Value) -> Result<Update, TwinError> {
+        self.refuse_imported(&path.provider)?;
         let _gate = self.model_gate.read().await;
         {
             let p = self
@@ -297,6 +396,7 @@ impl Twin {
         let _gate = self.model_gate.write().await;
         let stored = self.store.delete_provider(name).await?;
         let live = self.providers.remove(name.as_str()).is_some();
+        self.metadata.remove(name.as_str());
         if stored || live {
             self.bus.publish(Change::ProviderDeleted(name.clone()));
         }
@@ -311,6 +411,12 @@ impl Twin {
     /// A copy of one resource.
     pub fn resource(&self, path: &ResourcePath) -> Option<Resource> {
         self.providers.get(path.provider.as_str())?.resource(path.service.as_str(), path.resource.as_str()).cloned()
+    }
+
+    /// The metadata of one resource. Unlike the other readers, safe to call while a closure given to
+    /// [`filter_map_providers`](Self::filter_map_providers) or [`any_resource`](Self::any_resource) runs.
+    pub fn resource_metadata(&self, provider: &str, service: &str, resource: &str) -> Option<Metadata> {
+        self.metadata.get(provider)?.0.get(service)?.get(resource).cloned()
     }
 
     /// Copies of every provider `keep` accepts, sorted by name. `keep` sees each provider under its shard's

@@ -1,4 +1,7 @@
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize},
+};
 
 use super::*;
 use crate::objects;
@@ -148,10 +151,12 @@ fn explain_agrees_with_check_and_names_the_line() {
     assert_eq!(admin.matched.as_deref(), Some("p, admin, *, *"));
     assert_eq!(admin.line, Some(2));
     let health = engine.explain(&Principal::anonymous(), "system:health", Action::Read);
-    assert_eq!(
-        health,
-        Explanation { allowed: true, matched: Some("p, anonymous, system:health, read".into()), line: Some(3) }
-    );
+    assert!(health.allowed);
+    assert_eq!(health.matched.as_deref(), Some("p, anonymous, system:health, read"));
+    assert_eq!(health.line, Some(3));
+    assert_eq!(health.reason, "a permission allows it");
+    assert_eq!(health.domain, "local");
+    assert!(health.labels.class.is_none() && health.attributes.is_none());
 }
 
 #[tokio::test]
@@ -179,8 +184,8 @@ async fn an_invalid_replacement_names_the_line_and_keeps_the_old_policy() {
     let bad = "p, admin, *, *\n# fine so far\np, anonymous, *, delete\n";
     let err = engine.replace(bad).await.unwrap_err();
     assert!(matches!(err, PolicyError::InvalidPolicy { line: 3, .. }), "{err}");
-    assert!(PolicyEngine::validate(bad).is_err());
-    assert!(PolicyEngine::validate(GOLDEN_POLICY).is_ok());
+    assert!(engine.validate(bad).is_err());
+    assert!(engine.validate(GOLDEN_POLICY).is_ok());
     assert_eq!(engine.version(), 1);
     assert_eq!(engine.text(), GOLDEN_POLICY);
     assert!(engine.check(&Principal::anonymous(), "system:health", Action::Read));
@@ -322,4 +327,175 @@ fn replace_futures_can_cross_threads() {
     let engine = PolicyEngine::new(DEFAULT_POLICY).unwrap();
     let future = engine.replace(DEFAULT_POLICY);
     assert_send(&future);
+}
+
+/// The Santander hub's policy for the attribute table below.
+const CITY_POLICY: &str = "\
+p, admin, *, *
+p, officer@fujisawa, water-*, read
+p, officer@fujisawa, quake-*, read
+p, citizen-app, care-*, read
+s, env-staff, department, environment
+s, dp-staff, department, disaster-prevention
+s, dp-staff, clearance, 3
+s, officer@fujisawa, department, environment
+g, ana, env-staff
+g, pablo, dp-staff
+g, nina, nurse
+o, air-*, class, open
+o, water-*, class, closed
+o, quake-*, class, confidential
+o, quake-*, clearance, 2
+o, quake-*, department, disaster-prevention
+o, care-*, class, personal
+o, care-1*, owner, erin
+c, erin, nurse, care-1*
+";
+
+fn with_attributes(subject: &str, roles: &[&str], departments: &[&str], clearance: Option<u8>) -> Principal {
+    who(subject, roles)
+        .with_attributes(Attributes { departments: departments.iter().map(|d| (*d).to_owned()).collect(), clearance })
+}
+
+#[test]
+fn attribute_table_department_clearance_and_class() {
+    let engine = PolicyEngine::with_domain(CITY_POLICY, "santander", 1000).unwrap();
+    let ana = who("ana", &[]); // environment, clearance 0
+    let pablo = who("pablo", &[]); // disaster prevention, clearance 3
+    let fuji_officer = who("kenji@fujisawa", &["officer@fujisawa"]); // environment by s line
+    let fuji_cleared = with_attributes("yuki@fujisawa", &["officer@fujisawa"], &["disaster-prevention"], Some(2));
+    let citizen = who("carlos", &["citizen-app"]);
+    let erin = who("erin", &[]);
+    let nina = who("nina", &[]);
+    let admin = who("admin", &[]);
+    let anonymous = Principal::anonymous();
+    // (who, object, expected read)
+    let table: &[(&Principal, &str, bool)] = &[
+        // Open data: everyone, anonymous included, with or without a permission.
+        (&anonymous, "air-1/no2/value", true),
+        (&citizen, "air-1/no2/value", true),
+        (&fuji_officer, "air-1/no2/value", true),
+        // Closed data: City Hall staff of Santander; partner staff only with a permission; never citizens.
+        (&ana, "water-1/ph/value", true),
+        (&pablo, "water-1/ph/value", true),
+        (&fuji_officer, "water-1/ph/value", true),
+        (&citizen, "water-1/ph/value", false),
+        (&anonymous, "water-1/ph/value", false),
+        (&admin, "water-1/ph/value", false), // a permission is not a department
+        // Confidential data: clearance >= 2 and the disaster-prevention department.
+        (&pablo, "quake-1/accel/value", true),
+        (&ana, "quake-1/accel/value", false),
+        (&fuji_officer, "quake-1/accel/value", false),
+        (&fuji_cleared, "quake-1/accel/value", true),
+        (
+            &with_attributes("yuki@fujisawa", &["officer@fujisawa"], &["disaster-prevention"], Some(1)),
+            "quake-1/accel/value",
+            false,
+        ),
+        (&with_attributes("rui@fujisawa", &[], &["disaster-prevention"], Some(3)), "quake-1/accel/value", false),
+        (&admin, "quake-1/accel/value", false),
+        // Personal data: the owner, and whom the owner granted; a permission is not enough.
+        (&erin, "care-12/heart/rate", true),
+        (&nina, "care-12/heart/rate", true),
+        (&citizen, "care-12/heart/rate", false),
+        (&admin, "care-12/heart/rate", false),
+        (&erin, "care-2/heart/rate", false), // not hers: care-2 has no owner
+        (&who("erin@fujisawa", &[]), "care-12/heart/rate", false), // another domain's erin
+        // Unclassified data: permissions alone.
+        (&admin, "traffic-1/count/value", true),
+        (&ana, "traffic-1/count/value", false),
+    ];
+    for round in 0..2 {
+        for &(principal, object, expected) in table {
+            assert_eq!(
+                engine.check(principal, object, Action::Read),
+                expected,
+                "round {round}: {principal:?} {object}"
+            );
+            let explanation = engine.explain(principal, object, Action::Read);
+            assert_eq!(explanation.allowed, expected, "{principal:?} {object}: {explanation:?}");
+        }
+    }
+    // Classes bound reads only: the admin still manages classified objects.
+    assert!(engine.check(&admin, "quake-1/accel/value", Action::Write));
+    assert!(engine.check(&admin, "care-12/heart/rate", Action::Admin));
+    assert!(!engine.check(&nina, "care-12/heart/rate", Action::Write));
+}
+
+#[test]
+fn explanations_name_the_deciding_rule() {
+    let engine = PolicyEngine::with_domain(CITY_POLICY, "santander", 1000).unwrap();
+    let ana = engine.explain(&who("ana", &[]), "quake-1/accel/value", Action::Read);
+    assert!(!ana.allowed);
+    assert_eq!(ana.reason, "confidential data needs clearance 2; this subject has 0");
+    assert_eq!(ana.labels.class.as_ref().unwrap().origin, crate::LabelOrigin::Policy(14));
+    assert_eq!(ana.labels.clearance.as_ref().unwrap().value, 2);
+    assert_eq!(ana.attributes.as_ref().unwrap().departments, ["environment"]);
+    assert_eq!(ana.domain, "santander");
+
+    let nina = engine.explain(&who("nina", &[]), "care-12/heart/rate", Action::Read);
+    assert!(nina.allowed);
+    assert_eq!(nina.matched.as_deref(), Some("c, erin, nurse, care-1*"));
+    assert_eq!(nina.line, Some(19));
+
+    let officer = engine.explain(&who("kenji@fujisawa", &["officer@fujisawa"]), "water-1/ph/value", Action::Read);
+    assert!(officer.allowed);
+    assert_eq!(officer.matched.as_deref(), Some("p, officer@fujisawa, water-*, read"));
+    assert_eq!(officer.domain, "fujisawa");
+
+    let foreigner = engine.explain(&who("rui@fujisawa", &[]), "water-1/ph/value", Action::Read);
+    assert!(!foreigner.allowed);
+    assert!(foreigner.reason.contains("has no department"), "{}", foreigner.reason);
+
+    let nobody = engine.explain(&who("ana", &[]), "traffic-1/count/value", Action::Read);
+    assert_eq!(nobody.reason, "no permission allows read on traffic-1/count/value for this subject or its roles");
+}
+
+#[test]
+fn roles_and_permissions_are_per_domain() {
+    let policy = "\
+g, alice, officer, fujisawa
+p, officer@fujisawa, air-*, read
+p, officer, water-*, read
+";
+    let engine = PolicyEngine::with_domain(policy, "santander", 1000).unwrap();
+    // Fujisawa's alice is an officer of Fujisawa (through the g line), Santander's alice is not.
+    assert!(engine.check(&who("alice@fujisawa", &[]), "air-1", Action::Read));
+    assert!(!engine.check(&who("alice", &[]), "air-1", Action::Read));
+    // A Santander officer reads water, a Fujisawa officer does not.
+    assert!(engine.check(&who("bob", &["officer"]), "water-1", Action::Read));
+    assert!(engine.check(&who("bob@santander", &["officer@santander"]), "water-1", Action::Read));
+    assert!(!engine.check(&who("bob@fujisawa", &["officer@fujisawa"]), "water-1", Action::Read));
+    assert!(engine.check(&who("bob@fujisawa", &["officer@fujisawa"]), "air-1", Action::Read));
+    // A role of one domain carried by a subject of another still counts only in its own domain.
+    assert!(!engine.check(&who("eve@tokyo", &["officer@tokyo"]), "air-1", Action::Read));
+}
+
+/// Labels from a fixed table, standing in for the live model's metadata.
+struct FixedLabels(Vec<(&'static str, crate::Labels)>);
+
+impl crate::LabelSource for FixedLabels {
+    fn labels(&self, object: &str) -> crate::Labels {
+        self.0.iter().find(|(o, _)| *o == object).map(|(_, l)| l.clone()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn metadata_labels_fill_what_the_policy_leaves_unset() {
+    let engine = PolicyEngine::with_domain(CITY_POLICY, "santander", 1000).unwrap();
+    engine.set_label_source(Arc::new(FixedLabels(vec![
+        ("bench-1/seat/occupied", crate::Labels::from_metadata(Some("open"), None, None, None)),
+        ("care-2/heart/rate", crate::Labels::from_metadata(Some("open"), None, None, Some("frank"))),
+        ("traffic-2/count/value", crate::Labels::from_metadata(Some("secret"), None, None, None)),
+    ])));
+    // Metadata classifies an object the policy does not.
+    assert!(engine.check(&Principal::anonymous(), "bench-1/seat/occupied", Action::Read));
+    // The policy's class wins over metadata, whose owner fills the gap.
+    assert!(!engine.check(&Principal::anonymous(), "care-2/heart/rate", Action::Read));
+    assert!(engine.check(&who("frank", &[]), "care-2/heart/rate", Action::Read));
+    let why = engine.explain(&who("frank", &[]), "care-2/heart/rate", Action::Read);
+    assert_eq!(why.labels.owner.unwrap().origin, crate::LabelOrigin::Metadata);
+    // An invalid class in metadata fails closed, even for the admin's permission.
+    assert!(!engine.check(&who("admin", &[]), "traffic-2/count/value", Action::Read));
+    assert!(engine.check(&who("admin", &[]), "traffic-1/count/value", Action::Read));
 }
