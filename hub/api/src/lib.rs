@@ -68,6 +68,8 @@ pub struct AppState {
     pub tokens: Arc<TokenRegistry>,
     /// Authentication: JWT access tokens from the trusted OpenID providers (none configured: `None`).
     pub oidc: Option<Arc<hub_identity::OidcVerifier>>,
+    /// The links to federation peers (none configured: `None`).
+    pub federation: Option<Arc<hub_federation::Federation>>,
     /// Counters exposed at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -113,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/rules/{id}/firings", get(rules::firings))
         .route("/rules/{id}/enable", post(rules::enable))
         .route("/rules/{id}/disable", post(rules::disable))
+        .route("/federation/peers", get(system::federation_peers))
         .route("/transports", get(transports::list))
         .route("/gateways", get(transports::gateways))
         .route("/healthz", get(system::healthz))

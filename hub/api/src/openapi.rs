@@ -13,7 +13,7 @@ use crate::{ingest, plugins, providers, rules, streams, system, transports};
         providers::get_resource, providers::set_resource, providers::act, providers::history,
         ingest::ingest, streams::sse, streams::ws,
         system::create_token, system::list_tokens, system::delete_token,
-        system::get_policy, system::put_policy, system::check_policy, system::explain_policy,
+        system::get_policy, system::put_policy, system::check_policy, system::explain_policy, system::federation_peers,
         system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
         plugins::start, plugins::stop, plugins::remove,

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use axum::{
     Json,
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use hub_model::{Glob, Name, Provider, ProviderDoc, ResourcePath, Timestamp};
@@ -231,11 +231,18 @@ pub struct SetBody {
 pub async fn set_resource(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path((p, s, r)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<SetBody>,
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
     authorize(&state, &caller, &path.to_string(), Action::Write)?;
+    let rest = format!("services/{s}/resources/{r}");
+    if let Some(answer) =
+        forward(&state, &headers, &p, reqwest::Method::PUT, &rest, json!({ "value": body.value })).await
+    {
+        return answer;
+    }
     let update = state.twin.set(path, body.value).await?;
     Ok(Json(json!({ "value": update.value, "timestamp": update.timestamp })))
 }
@@ -259,13 +266,50 @@ pub struct ActBody {
 pub async fn act(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path((p, s, r)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<ActBody>,
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
     authorize(&state, &caller, &path.to_string(), Action::Act)?;
+    let rest = format!("services/{s}/resources/{r}/act");
+    if let Some(answer) =
+        forward(&state, &headers, &p, reqwest::Method::POST, &rest, json!({ "params": body.params })).await
+    {
+        return answer;
+    }
     let result = state.twin.act(path, body.params).await?;
     Ok(Json(json!({ "result": result })))
+}
+
+/// SET and ACT on a provider imported from a federation peer go to its origin hub, under the caller's own
+/// credentials: the origin's policy decides. `None` when the provider is not imported.
+async fn forward(
+    state: &AppState,
+    headers: &HeaderMap,
+    provider: &str,
+    method: reqwest::Method,
+    rest: &str,
+    body: Value,
+) -> Option<Result<Json<Value>, ApiError>> {
+    let federation = state.federation.as_ref()?;
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let answer = federation.forward(provider, method, rest, authorization, &body).await?;
+    Some(match answer {
+        Err(e) => Err(ApiError::bad_gateway(e)),
+        Ok(f) if (200..300).contains(&f.status) => Ok(Json(f.body)),
+        Ok(f) => {
+            let detail = f.body.get("detail").and_then(Value::as_str).unwrap_or("").to_owned();
+            let detail = format!("the origin hub answered {}: {detail}", f.status);
+            Err(match f.status {
+                401 | 403 => ApiError::forbidden(detail),
+                404 => ApiError::not_found(detail),
+                409 => ApiError::conflict(detail),
+                400 | 422 => ApiError::unprocessable(None, detail),
+                _ => ApiError::bad_gateway(detail),
+            })
+        }
+    })
 }
 
 #[derive(Serialize)]

@@ -224,6 +224,15 @@ fn explain(state: &AppState, req: CheckRequest) -> Result<Explanation, ApiError>
     Ok(state.policy.explain(&principal, &req.object, action))
 }
 
+/// The federation links: state, lag, last error, counts.
+#[utoipa::path(get, path = "/api/v1/federation/peers", tag = "admin",
+    responses((status = 200, description = "`{peers: [{name, url, state, connected, lag_ms, last_error, ...}]}`"), (status = 401), (status = 403)))]
+pub async fn federation_peers(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    authorize(&state, &caller, "federation", Action::Read)?;
+    let peers = state.federation.as_ref().map(|f| f.status()).unwrap_or_default();
+    Ok(Json(json!({ "peers": peers })))
+}
+
 /// Liveness and a summary; also proves the store answers.
 #[utoipa::path(get, path = "/api/v1/healthz", tag = "system",
     responses((status = 200, description = "`{status: \"ok\", ...}`"), (status = 401), (status = 403), (status = 503)))]

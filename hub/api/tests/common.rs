@@ -52,6 +52,7 @@ impl Hub {
             hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
         let state = AppState {
             oidc: None,
+            federation: None,
             automation,
             twin,
             policy,

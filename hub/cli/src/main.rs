@@ -188,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             let parsed = Config::from_toml(&text)?;
             TransportConfigs::of(&parsed)?;
             oidc_config(&parsed)?;
+            federation_config(&parsed)?;
             official_adapters(&parsed)?;
             println!("{}: valid", config.display());
             Ok(())
@@ -211,6 +212,7 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
     }
     config.validate()?;
     oidc_config(&config)?;
+    federation_config(&config)?;
     let mut transports = TransportConfigs::of(&config)?;
     if let Some(listen) = args.mqtt_listen {
         transports.mqtt.broker.listen = listen;
@@ -230,6 +232,12 @@ fn load_config(args: &ServeArgs) -> Result<Config> {
 /// `[oidc]`, parsed and checked (errors name the `oidc.` key).
 fn oidc_config(config: &Config) -> Result<hub_identity::OidcConfig> {
     hub_identity::OidcConfig::from_table(&config.oidc).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
+/// `[federation]`, parsed and checked (errors name the `federation.` key).
+fn federation_config(config: &Config) -> Result<hub_federation::FederationConfig> {
+    hub_federation::FederationConfig::from_table(&config.federation)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
 }
 
 fn init_tracing(config: &Config) {
@@ -322,6 +330,16 @@ async fn serve(config: Config) -> Result<()> {
 
     let cancel = CancellationToken::new();
     let automation = hub_automation::Automation::start(twin.clone(), policy.clone(), cancel.clone()).await?;
+    let federation_peers = federation_config(&config)?;
+    let federation = if federation_peers.peers.is_empty() {
+        None
+    } else {
+        let names: Vec<&str> = federation_peers.peers.iter().map(|p| p.name.as_str()).collect();
+        tracing::info!(peers = ?names, "federation links starting");
+        let federation = hub_federation::Federation::start(&federation_peers, twin.clone(), cancel.clone())
+            .map_err(anyhow::Error::msg)?;
+        Some(Arc::new(federation))
+    };
     automation.set_apps(Arc::new(RuleApps(plugins.clone())));
     let state = AppState {
         automation,
@@ -329,6 +347,7 @@ async fn serve(config: Config) -> Result<()> {
         policy,
         tokens,
         oidc,
+        federation,
         metrics: Arc::new(Metrics::new()),
         limits: ApiLimits {
             max_body_bytes: config.http.max_body_bytes,

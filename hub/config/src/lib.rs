@@ -56,6 +56,9 @@ pub struct Config {
     /// OpenID Connect: the issuers whose JWT access tokens the API accepts (`[[oidc.issuers]]`). Schema in
     /// `hub-identity`; validated by the binary, naming `oidc.` keys.
     pub oidc: toml::Table,
+    /// Partner hubs whose providers this hub mirrors (`[[federation.peers]]`). Schema in `hub-federation`;
+    /// validated by the binary, naming `federation.` keys.
+    pub federation: toml::Table,
 }
 
 /// `[policy]`

@@ -147,7 +147,7 @@ async fn attribute_claims_count_only_where_the_entry_trusts_them() {
     let mut entry = IssuerConfig::new(&idp.issuer, AUDIENCE, "fujisawa");
     entry.department_claim = Some("dept".into());
     entry.clearance_claim = Some("level".into());
-    let trusting = OidcVerifier::new(&OidcConfig { issuers: vec![entry] }).unwrap();
+    let trusting = OidcVerifier::new(&OidcConfig { issuers: vec![entry], login: None }).unwrap();
     let (principal, _) = trusting.verify(&token).await.unwrap();
     assert_eq!(principal.attributes.departments, ["environment", "tourism"]);
     assert_eq!(principal.attributes.clearance, Some(2));
