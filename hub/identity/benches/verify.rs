@@ -112,7 +112,8 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let verifier = Arc::new(
-        OidcVerifier::new(&OidcConfig { issuers: vec![IssuerConfig::new(&issuer, AUDIENCE, "bench")] }).unwrap(),
+        OidcVerifier::new(&OidcConfig { issuers: vec![IssuerConfig::new(&issuer, AUDIENCE, "bench")], login: None })
+            .unwrap(),
     );
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     println!("JWT validations per second (keys cached, {cores} cores)");

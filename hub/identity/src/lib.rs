@@ -12,12 +12,30 @@
 //! The verified token becomes a [`hub_policy::Principal`] whose names carry the issuer's domain: subject
 //! `{sub}@{domain}`, roles `{role}@{domain}` from the configured roles claim (`roles` by default), so the policy
 //! can tell Fujisawa's officers from Santander's (`p, officer@fujisawa, santander-air-*, read`).
+//!
+//! On the client side, [`ClientCredentials`] fetches and caches access tokens with the client credentials
+//! grant (for the hub's own calls to other hubs), and [`Login`] signs people in from the browser with the
+//! authorization code flow (PKCE, `state`, `nonce`, the ID token verified) into in-memory sessions
+//! (`[oidc.login]`).
 
+mod client;
 mod config;
+mod error;
+mod login;
+mod provider;
 mod verifier;
 
-pub use config::{IssuerConfig, OidcConfig};
-pub use verifier::{OidcError, OidcVerifier};
+pub use client::{ClientCredentials, ClientCredentialsConfig};
+pub use config::{IssuerConfig, LoginConfig, OidcConfig};
+pub use error::OidcError;
+pub use login::{Callback, Login, SignedIn, Started, check_return_to};
+pub use verifier::OidcVerifier;
+
+/// Now, in µs since the epoch.
+pub(crate) fn now_micros() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
 
 /// Whether a bearer token has the shape of a JWT (three base64url parts), as opposed to a hub token.
 pub fn looks_like_jwt(token: &str) -> bool {

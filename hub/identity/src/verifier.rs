@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, RwLock},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use base64::Engine;
@@ -17,7 +17,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::{IssuerConfig, OidcConfig};
+use crate::{IssuerConfig, OidcConfig, OidcError, now_micros};
 
 /// The signature algorithms accepted: asymmetric only. `none` and the HMAC family are refused before anything
 /// else, so a public key can never be used as an HMAC secret.
@@ -28,25 +28,6 @@ const MAX_DOCUMENT: usize = 1 << 20;
 
 /// How many verified tokens are remembered (by SHA-256) before the memory starts over.
 const MAX_REMEMBERED: usize = 10_000;
-
-/// Why a bearer JWT was refused. Every variant is a 401 for the caller; the text says what to fix.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OidcError {
-    #[error("the token is not a well-formed JWT")]
-    Malformed,
-    #[error("tokens signed with {0:?} are not accepted (RS256, PS256, ES256, EdDSA and their variants are)")]
-    Algorithm(String),
-    #[error("the token's issuer {0:?} is not trusted by this hub")]
-    UntrustedIssuer(String),
-    #[error("the token's key {0:?} is not among its issuer's published keys")]
-    UnknownKey(String),
-    #[error("the keys of {issuer} could not be fetched: {reason}")]
-    KeysUnavailable { issuer: String, reason: String },
-    #[error("the token is refused: {0}")]
-    Invalid(String),
-    #[error("the token's subject cannot be named by the policy: {0}")]
-    Subject(String),
-}
 
 struct KeyCache {
     keys: JwkSet,
@@ -120,7 +101,7 @@ impl OidcVerifier {
     /// the epoch, from `exp`).
     pub async fn verify(&self, token: &str) -> Result<(Principal, i64), OidcError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now_micros = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+        let now_micros = now_micros();
         if let Some(known) = self.remembered.lock().unwrap_or_else(|e| e.into_inner()).get(&digest)
             && now_micros < known.expires_micros
             && self.issuers[known.issuer].generation() == Some(known.generation)
@@ -366,7 +347,10 @@ fn describe(kind: &ErrorKind, config: &IssuerConfig) -> String {
 }
 
 /// The principal of verified claims: `{sub}@{domain}` and `{role}@{domain}` for each role the claim lists.
-fn principal(claims: &serde_json::Map<String, Value>, config: &IssuerConfig) -> Result<Principal, OidcError> {
+pub(crate) fn principal(
+    claims: &serde_json::Map<String, Value>,
+    config: &IssuerConfig,
+) -> Result<Principal, OidcError> {
     let sub = claims.get("sub").and_then(Value::as_str).ok_or(OidcError::Invalid("it has no \"sub\" claim".into()))?;
     // The domain is the hub's to add: an issuer cannot name a subject or role of another domain.
     if sub.contains('@') {

@@ -107,7 +107,7 @@ fn verifier(issuer: &str) -> OidcVerifier {
     let mut entry = IssuerConfig::new(issuer, AUDIENCE, "fujisawa");
     entry.min_refresh_secs = 1;
     entry.leeway_secs = 5;
-    OidcVerifier::new(&OidcConfig { issuers: vec![entry] }).unwrap()
+    OidcVerifier::new(&OidcConfig { issuers: vec![entry], login: None }).unwrap()
 }
 
 fn b64(value: &Value) -> String {
@@ -247,7 +247,7 @@ async fn an_unreachable_issuer_is_reported_and_unknown_keys_do_not_hammer_it() {
     let idp = serve(vec![key.jwk()]).await;
     let mut entry = IssuerConfig::new(&idp.issuer, AUDIENCE, "fujisawa");
     entry.min_refresh_secs = 60;
-    let verifier = OidcVerifier::new(&OidcConfig { issuers: vec![entry] }).unwrap();
+    let verifier = OidcVerifier::new(&OidcConfig { issuers: vec![entry], login: None }).unwrap();
     verifier.verify(&key.sign(&claims(&idp.issuer))).await.unwrap();
     for i in 0..20 {
         let unknown = Key { kid: format!("unknown-{i}"), ..Key::new("x", Algorithm::RS256) };
