@@ -51,6 +51,7 @@ impl Hub {
             hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
         let state = AppState {
             oidc: None,
+            login: None,
             automation,
             twin,
             policy,
