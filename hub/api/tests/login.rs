@@ -44,12 +44,12 @@ async fn send(
     hub: &Hub,
     method: Method,
     uri: &str,
-    headers: &[(&str, String)],
+    headers: &[&(&str, String)],
     body: Option<Value>,
 ) -> (StatusCode, HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
-        request = request.header(*name, value);
+        request = request.header(*name, value.as_str());
     }
     let request = match body {
         Some(body) => request.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
@@ -73,34 +73,31 @@ async fn a_session_cookie_authenticates_until_logout() {
     let alice = sign_in(&hub, "alice@fujisawa", &["reader"]);
     let cookie = session_cookie(&alice);
 
-    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[cookie.clone()], None).await;
+    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[&cookie], None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["subject"], "alice@fujisawa");
     assert_eq!(body["roles"], json!(["reader"]));
     assert!(body["expires"].is_string(), "{body}");
 
     // The policy applies to the session's principal.
-    let (status, _, _) = send(&hub, Method::GET, "/api/v1/providers/noise-1", &[cookie.clone()], None).await;
+    let (status, _, _) = send(&hub, Method::GET, "/api/v1/providers/noise-1", &[&cookie], None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = send(&hub, Method::GET, "/api/v1/policy", &[cookie.clone()], None).await;
+    let (status, _, _) = send(&hub, Method::GET, "/api/v1/policy", &[&cookie], None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A bearer token wins over the cookie.
     let auth = ("authorization", format!("Bearer {}", hub.admin));
-    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[cookie.clone(), auth], None).await;
+    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[&cookie, &auth], None).await;
     assert_eq!((status, body["subject"].as_str()), (StatusCode::OK, Some("admin")));
 
     let csrf = ("x-requested-with", "fetch".to_string());
-    let (status, headers, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[cookie.clone(), csrf], None).await;
+    let (status, headers, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[&cookie, &csrf], None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "no provider known: nothing to end there");
     let cleared = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
-    assert!(cleared.starts_with("hub_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
-    assert!(
-        cleared.contains("HttpOnly") && cleared.contains("SameSite=Lax") && cleared.contains("Secure"),
-        "{cleared}"
-    );
+    assert!(cleared.starts_with("hub_session=;") & cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(cleared.contains("HttpOnly") & cleared.contains("SameSite=Lax") & cleared.contains("Secure"), "{cleared}");
 
-    let (status, _, problem) = send(&hub, Method::GET, "/api/v1/providers/noise-1", &[cookie], None).await;
+    let (status, _, problem) = send(&hub, Method::GET, "/api/v1/providers/noise-1", &[&cookie], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("sign in again"), "{problem}");
     let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/session", &[], None).await;
@@ -114,28 +111,28 @@ async fn cookie_requests_that_change_something_need_a_same_site_sign() {
     let cookie = session_cookie(&writer);
     let set = || Some(json!({"value": 2}));
 
-    let (status, _, problem) = send(&hub, Method::PUT, SET, &[cookie.clone()], set()).await;
+    let (status, _, problem) = send(&hub, Method::PUT, SET, &[&cookie], set()).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("X-Requested-With"), "{problem}");
     let foreign = ("origin", "https://evil.example".to_string());
-    let (status, _, _) = send(&hub, Method::PUT, SET, &[cookie.clone(), foreign.clone()], set()).await;
+    let (status, _, _) = send(&hub, Method::PUT, SET, &[&cookie, &foreign], set()).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     for sign in [("x-requested-with", "XMLHttpRequest".to_string()), ("origin", ORIGIN.to_string())] {
-        let (status, _, problem) = send(&hub, Method::PUT, SET, &[cookie.clone(), sign], set()).await;
+        let (status, _, problem) = send(&hub, Method::PUT, SET, &[&cookie, &sign], set()).await;
         assert_eq!(status, StatusCode::OK, "{problem}");
     }
     // Reading needs no sign; a bearer token needs none either (a browser never adds it by itself).
-    let (status, _, _) = send(&hub, Method::GET, SET, &[cookie.clone(), foreign.clone()], None).await;
+    let (status, _, _) = send(&hub, Method::GET, SET, &[&cookie, &foreign], None).await;
     assert_eq!(status, StatusCode::OK);
     let auth = ("authorization", format!("Bearer {}", hub.admin));
-    let (status, _, _) = send(&hub, Method::PUT, SET, &[auth, foreign.clone()], set()).await;
+    let (status, _, _) = send(&hub, Method::PUT, SET, &[&auth, &foreign], set()).await;
     assert_eq!(status, StatusCode::OK);
 
     // Logout too: another site cannot sign a browser out.
-    let (status, _, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[cookie.clone(), foreign], None).await;
+    let (status, _, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[&cookie, &foreign], None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/session", &[cookie], None).await;
+    let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/session", &[&cookie], None).await;
     assert_eq!(status, StatusCode::OK, "the session is still there");
 }
 
@@ -154,7 +151,7 @@ async fn sign_in_requests_are_checked_before_the_provider_is_asked() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
     assert_eq!(problem["field"], "state");
     let unbind = headers.get(header::SET_COOKIE).unwrap().to_str().unwrap();
-    assert!(unbind.starts_with("hub_login=;") && unbind.contains("Path=/api/v1/auth/callback"), "{unbind}");
+    assert!(unbind.starts_with("hub_login=;") & unbind.contains("Path=/api/v1/auth/callback"), "{unbind}");
     // The provider is down: a clear 502, no redirect.
     let (status, _, problem) = send(&hub, Method::GET, "/api/v1/auth/login", &[], None).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{problem}");
@@ -170,13 +167,13 @@ async fn without_sign_in_configured_the_routes_say_so() {
     let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/callback?code=c&state=s", &[], None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // A stray cookie is nobody's session: anonymous.
-    let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/session", &[session_cookie("x")], None).await;
+    let (status, _, _) = send(&hub, Method::GET, "/api/v1/auth/session", &[&session_cookie("x")], None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let reader = hub.token("carol", &["reader"]);
     let auth = ("authorization", format!("Bearer {reader}"));
-    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[auth.clone()], None).await;
+    let (status, _, body) = send(&hub, Method::GET, "/api/v1/auth/session", &[&auth], None).await;
     assert_eq!((status, body["subject"].as_str(), &body["expires"]), (StatusCode::OK, Some("carol"), &Value::Null));
-    let (status, _, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[auth], None).await;
+    let (status, _, _) = send(&hub, Method::POST, "/api/v1/auth/logout", &[&auth], None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
 

@@ -302,7 +302,7 @@ impl Login {
             .ok_or_else(|| OidcError::Invalid("the provider answered without an ID token".into()))?;
         let verify = |provider: &Provider| {
             let verifier = provider.client.id_token_verifier().set_allowed_algs(ID_TOKEN_ALGORITHMS);
-            id_token.claims(&verifier, &pending.nonce).map(|claims| claims.clone())
+            id_token.claims(&verifier, &pending.nonce).cloned()
         };
         let claims = match verify(&provider) {
             // The provider may have rotated its keys since discovery: fetch them again, once.

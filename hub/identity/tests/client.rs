@@ -25,12 +25,15 @@ enum Answer {
     Down,
 }
 
+/// The forms the token endpoint received, in order.
+type Forms = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 #[derive(Clone)]
 struct Endpoint {
     issuer: String,
     fetches: Arc<AtomicU32>,
     answer: Arc<Mutex<Answer>>,
-    forms: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    forms: Forms,
 }
 
 async fn discovery(State(e): State<Endpoint>) -> Json<Value> {
