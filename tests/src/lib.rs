@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod browser;
 pub mod oidc;
 pub mod prosody;
 pub mod stream;

@@ -1,8 +1,9 @@
 //! A real OpenID provider for tests: `oidc-provider` (npm) on a free loopback port, driven by
 //! `tests/oidc/provider.mjs`. It issues JWT access tokens (RS256) for one audience through the client credentials
 //! grant, to confidential clients whose extra claims go into every token, and publishes its public keys at the
-//! `jwks_uri` of its discovery document. Its keys can be rotated (a restart on the same port), and it stops when
-//! dropped.
+//! `jwks_uri` of its discovery document. With a [`LoginSetup`] it also signs test users in with the
+//! authorization code flow (PKCE required) through a login form a [`Browser`] fills in. Its keys can be rotated
+//! (a restart on the same port), and it stops when dropped.
 //!
 //! Needs Node.js and the script's packages: `npm ci --prefix tests/oidc`. HTTP goes through `curl`.
 
@@ -18,7 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{free_port, require_program};
+use crate::{HubProcess, browser::Browser, free_port, require_program};
 
 /// How long the provider may take to print its ready line.
 const READY_WITHIN: Duration = Duration::from_secs(20);
@@ -34,6 +35,41 @@ pub struct IdP {
     clients: Vec<(String, String, Value)>,
     /// The private JWKs, the signing key first.
     keys: Vec<Value>,
+    login: Option<LoginSetup>,
+}
+
+/// The authorization-code client the hub signs people in with, and the people who can sign in.
+#[derive(Debug, Clone)]
+pub struct LoginSetup {
+    /// The client id.
+    pub client_id: String,
+    /// The client secret; `None` makes a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// The hub's callback URL, the client's only redirect URI.
+    pub redirect_uri: String,
+    /// `(login, password, claims)` of each test user; the claims (a JSON object) hold e.g. `roles`.
+    pub users: Vec<(String, String, Value)>,
+    /// Whether the users' claims go into the ID token (else only into the userinfo answer).
+    pub claims_in_id_token: bool,
+}
+
+/// Gives `hub` Santander's air and care data, and a policy that opens the air data (and only it) to Fujisawa's
+/// officers: `p, officer@fujisawa, santander-air-*, read` beside the default policy.
+pub async fn open_air_to_fujisawa_officers(hub: &HubProcess) -> Result<()> {
+    let updates = json!({"updates": [
+        {"provider": "santander-air-1", "service": "air", "resource": "no2", "value": 41},
+        {"provider": "santander-care-7", "service": "health", "resource": "pulse", "value": 70},
+    ]});
+    let (status, body) = hub.post("/api/v1/ingest", &updates).await?;
+    if status >= 300 {
+        bail!("ingest answered {status}: {body}");
+    }
+    let policy = format!("{}p, officer@fujisawa, santander-air-*, read\n", hub_policy::DEFAULT_POLICY);
+    let status = hub.put_policy(&policy).await?;
+    if status != 204 {
+        bail!("PUT /policy answered {status}");
+    }
+    Ok(())
 }
 
 /// The directory of the provider script and its `node_modules`.
@@ -111,6 +147,11 @@ impl IdP {
     /// with the confidential clients `(id, secret, extra claims)` (the claims a JSON object, maybe `{}`), and one
     /// fresh signing key. Waits until it is ready.
     pub fn start(audience: &str, clients: &[(&str, &str, Value)]) -> Result<IdP> {
+        IdP::start_with_login(audience, clients, None)
+    }
+
+    /// Like [`IdP::start`], with a sign-in client and its users.
+    pub fn start_with_login(audience: &str, clients: &[(&str, &str, Value)], login: Option<LoginSetup>) -> Result<IdP> {
         node()?;
         let dir = tempfile::Builder::new().prefix("hub-oidc-").tempdir()?;
         let mut idp = IdP {
@@ -124,6 +165,7 @@ impl IdP {
                 .map(|(id, secret, claims)| (id.to_string(), secret.to_string(), claims.clone()))
                 .collect(),
             keys: vec![make_key()?],
+            login,
         };
         idp.launch()?;
         Ok(idp)
@@ -145,6 +187,16 @@ impl IdP {
             .arg(&self.audience);
         for (id, secret, claims) in &self.clients {
             command.arg("--client").arg(format!("{id}:{secret}:{claims}"));
+        }
+        if let Some(login) = &self.login {
+            let secret = login.client_secret.as_deref().unwrap_or("");
+            command.arg("--login-client").arg(format!("{}:{secret}:{}", login.client_id, login.redirect_uri));
+            for (user, password, claims) in &login.users {
+                command.arg("--user").arg(format!("{user}:{password}:{claims}"));
+            }
+            if login.claims_in_id_token {
+                command.arg("--user-claims-in").arg("id_token");
+            }
         }
         let mut child = command
             .current_dir(script_dir())
@@ -231,6 +283,40 @@ impl IdP {
             bail!("the access token is not a JWT: {token}");
         }
         Ok(token.to_string())
+    }
+
+    /// Walks `browser` through a sign-in that begins at `start` (the hub's `/api/v1/auth/login?...`): the hub's
+    /// redirect to the provider, the provider's login form filled in with `user` and `password`, and the
+    /// provider's redirects up to the hub's callback. Returns the callback URL (with `code` and `state`) without
+    /// visiting it, so that a test can visit it, change it or replay it.
+    pub async fn sign_in(&self, browser: &mut Browser, start: &str, user: &str, password: &str) -> Result<String> {
+        let callback = &self.login.as_ref().context("the provider was started without a LoginSetup")?.redirect_uri;
+        let page = browser.get(start).await?;
+        if page.status != 302 {
+            bail!("GET {start} answered {} instead of a redirect to the provider: {}", page.status, page.body);
+        }
+        let mut next = page.location.context("the hub's redirect has no Location")?;
+        if !next.starts_with(&format!("{}/auth?", self.issuer())) {
+            bail!("the hub sent the browser to {next}, not to the provider's authorization endpoint");
+        }
+        // The provider's redirects, its login form, and its redirects back to the hub.
+        for _ in 0..10 {
+            if next.starts_with(callback.as_str()) {
+                return Ok(next);
+            }
+            let page = browser.get(&next).await?;
+            let page = if page.status == 200 && page.body.contains("name=\"password\"") {
+                let form = format!("{}/login", next.split('?').next().unwrap_or(&next));
+                browser.post_form(&form, &[("login", user), ("password", password)]).await?
+            } else {
+                page
+            };
+            if !(300..400).contains(&page.status) {
+                bail!("the sign-in stopped at {next} with {}: {}", page.status, page.body);
+            }
+            next = page.location.context("a redirect without Location")?;
+        }
+        bail!("the sign-in did not come back to {callback}")
     }
 
     /// Rotates the signing key: a new key (new kid) signs from now on, the old one stays published. The

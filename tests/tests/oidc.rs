@@ -3,7 +3,10 @@
 //! policy to their subjects and roles, refuses forged ones and follows a key rotation without a restart.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use hub_e2e::{HubProcess, Launch, client, oidc::IdP};
+use hub_e2e::{
+    HubProcess, Launch, client,
+    oidc::{IdP, open_air_to_fujisawa_officers},
+};
 use serde_json::{Value, json};
 
 const AUDIENCE: &str = "https://hub.test/api";
@@ -96,14 +99,7 @@ async fn a_hub_accepts_a_trusted_providers_tokens_under_its_policy() {
     launch.args = vec!["--config".into(), config.display().to_string()];
     let hub = HubProcess::start(launch).await.unwrap();
 
-    let updates = json!({"updates": [
-        {"provider": "santander-air-1", "service": "air", "resource": "no2", "value": 41},
-        {"provider": "santander-care-7", "service": "health", "resource": "pulse", "value": 70},
-    ]});
-    let (status, body) = hub.post("/api/v1/ingest", &updates).await.unwrap();
-    assert!(status < 300, "{status} {body}");
-    let policy = format!("{}p, officer@fujisawa, santander-air-*, read\n", hub_policy::DEFAULT_POLICY);
-    assert_eq!(hub.put_policy(&policy).await.unwrap(), 204);
+    open_air_to_fujisawa_officers(&hub).await.unwrap();
 
     // The officer reads the air data Santander's policy opens to Fujisawa's officers, and nothing else.
     let officer = idp.token("fujisawa-officer").unwrap();
@@ -141,4 +137,61 @@ async fn a_hub_accepts_a_trusted_providers_tokens_under_its_policy() {
     // Hub tokens keep working beside OpenID Connect.
     assert_eq!(hub.get("/api/v1/providers/santander-care-7").await.unwrap().0, 200);
     hub.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_from_the_provider_are_cached_and_the_hubs_verifier_accepts_them() {
+    use hub_identity::{ClientCredentials, ClientCredentialsConfig, IssuerConfig, OidcConfig, OidcError, OidcVerifier};
+
+    let audience = "https://hub.santander.example/api";
+    let idp = IdP::start(audience, &[("fujisawa-hub", "fujisawa-secret", json!({"roles": ["peer"]}))]).unwrap();
+    let mut config = ClientCredentialsConfig::new(&idp.issuer(), "fujisawa-hub", "fujisawa-secret");
+    config.resource = Some(audience.to_owned());
+    config.scope = Some("read".to_owned());
+    let credentials = ClientCredentials::new(config.clone()).unwrap();
+
+    let token = credentials.access_token().await.expect("a token from the provider");
+    let (header, payload) = decode(&token);
+    assert_eq!(header["alg"], "RS256");
+    assert!(has_audience(&payload["aud"], audience), "{payload}");
+    assert_eq!(payload["client_id"], "fujisawa-hub", "{payload}");
+    assert_eq!(payload["scope"], "read", "{payload}");
+    // Cached: the provider issues a new token (new jti) on every request, and none is asked for here.
+    assert_eq!(credentials.access_token().await.unwrap(), token);
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let credentials = credentials.clone();
+            tokio::spawn(async move { credentials.access_token().await })
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.await.unwrap().unwrap(), token);
+    }
+
+    // The hub's verifier accepts it as the client's principal.
+    let verifier = OidcVerifier::new(&OidcConfig {
+        issuers: vec![IssuerConfig::new(&idp.issuer(), audience, "fujisawa")],
+        login: None,
+    })
+    .unwrap();
+    let (principal, _) = verifier.verify(&token).await.expect("the hub's verifier accepts the token");
+    assert_eq!(principal.subject, "fujisawa-hub@fujisawa");
+    assert_eq!(principal.roles, vec!["peer@fujisawa"]);
+
+    // A wrong secret: the provider's refusal, with its description.
+    let mut wrong = config.clone();
+    wrong.client_secret = "not-the-secret".into();
+    match ClientCredentials::new(wrong).unwrap().access_token().await {
+        Err(OidcError::Refused { error, description, .. }) => {
+            assert_eq!(error, "invalid_client");
+            assert!(description.is_some_and(|d| !d.is_empty()), "the provider's error_description");
+        }
+        other => panic!("wanted Refused(invalid_client), got {other:?}"),
+    }
+    // An issuer nobody answers for.
+    let mut nowhere = config;
+    nowhere.issuer = format!("http://127.0.0.1:{}", hub_e2e::free_port());
+    let error = ClientCredentials::new(nowhere).unwrap().access_token().await.unwrap_err();
+    assert!(matches!(error, OidcError::Unavailable { .. }), "{error:?}");
+    assert!(error.to_string().contains("discovery"), "{error}");
 }

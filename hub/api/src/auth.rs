@@ -5,10 +5,11 @@ use axum::{
 use hub_model::Timestamp;
 use hub_policy::{Action, Principal};
 
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, login};
 
 /// The authenticated caller of a request, and when its credentials expire (µs since the epoch; `None`: they do
-/// not). A request without credentials is the subject `anonymous`.
+/// not). Credentials are a bearer token (a hub token or a provider's JWT) or, without one, the browser's session
+/// cookie. A request without credentials is the subject `anonymous`.
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal, pub Option<i64>);
 
@@ -53,7 +54,7 @@ impl FromRequestParts<AppState> for Caller {
             None if is_stream(parts) => query_token(parts),
             None => None,
         };
-        let Some(secret) = secret else { return Ok(Caller(Principal::anonymous(), None)) };
+        let Some(secret) = secret else { return session_caller(parts, state) };
         // A JWT is an OpenID provider's access token; anything else is a hub token.
         if let Some(oidc) = &state.oidc
             && hub_identity::looks_like_jwt(&secret)
@@ -67,6 +68,19 @@ impl FromRequestParts<AppState> for Caller {
             .map(|(principal, expires)| Caller(principal, expires))
             .map_err(|e| ApiError::unauthorized(e.to_string()))
     }
+}
+
+/// Without a token: the browser's session (`hub_session` cookie), else anonymous. The session's end is the
+/// caller's expiry, so a stream opened in a session ends with it.
+fn session_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    if let Some(login) = &state.login
+        && let Some(id) = login::cookie(&parts.headers, login::SESSION_COOKIE)
+    {
+        let (principal, expires) = login.session(id).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+        login::cross_site_guard(parts, login)?;
+        return Ok(Caller(principal, Some(expires)));
+    }
+    Ok(Caller(Principal::anonymous(), None))
 }
 
 fn is_stream(parts: &Parts) -> bool {
@@ -88,7 +102,7 @@ pub fn authorize(state: &AppState, caller: &Caller, object: &str, action: Action
 /// The error for a denied request.
 pub fn denied(caller: &Caller, object: &str, action: Action) -> ApiError {
     if caller.is_anonymous() {
-        ApiError::unauthorized("authentication required: send Authorization: Bearer <token>")
+        ApiError::unauthorized("authentication required: send Authorization: Bearer <token>, or sign in")
     } else {
         ApiError::forbidden(format!("{} may not {action} {object}", caller.0.subject))
     }

@@ -2,14 +2,16 @@
 //! SenML), live streams (Server-Sent Events and WebSocket), tokens, policy, health, metrics and the OpenAPI
 //! document generated from the handlers.
 //!
-//! Every request is authenticated (bearer token; no token means the subject `anonymous`) and authorised by the
-//! policy engine before anything else happens. Errors are RFC 9457 problem documents naming the bad field.
+//! Every request is authenticated (bearer token, or the session cookie of a browser signed in through
+//! `/auth/login`; neither means the subject `anonymous`) and authorised by the policy engine before anything else
+//! happens. Errors are RFC 9457 problem documents naming the bad field.
 
 mod auth;
 mod body;
 mod error;
 mod ingest;
 mod labels;
+mod login;
 mod metrics;
 mod openapi;
 mod plugins;
@@ -70,6 +72,8 @@ pub struct AppState {
     pub oidc: Option<Arc<hub_identity::OidcVerifier>>,
     /// The links to federation peers (none configured: `None`).
     pub federation: Option<Arc<hub_federation::Federation>>,
+    /// Sign-in in the browser and its sessions (`[oidc.login]`; none configured: `None`).
+    pub login: Option<Arc<hub_identity::Login>>,
     /// Counters exposed at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -118,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/federation/peers", get(system::federation_peers))
         .route("/transports", get(transports::list))
         .route("/gateways", get(transports::gateways))
+        .route("/auth/login", get(login::login))
+        .route("/auth/callback", get(login::callback))
+        .route("/auth/session", get(login::session))
+        .route("/auth/logout", post(login::logout))
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
         .route("/openapi.json", get(system::openapi_json))

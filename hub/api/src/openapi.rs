@@ -1,9 +1,9 @@
 use utoipa::{
     Modify, OpenApi,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{ingest, plugins, providers, rules, streams, system, transports};
+use crate::{ingest, login, plugins, providers, rules, streams, system, transports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +13,9 @@ use crate::{ingest, plugins, providers, rules, streams, system, transports};
         providers::get_resource, providers::set_resource, providers::act, providers::history,
         ingest::ingest, streams::sse, streams::ws,
         system::create_token, system::list_tokens, system::delete_token,
-        system::get_policy, system::put_policy, system::check_policy, system::explain_policy, system::federation_peers,
+        system::get_policy, system::put_policy, system::check_policy, system::explain_policy,
+        system::federation_peers,
+        login::login, login::callback, login::session, login::logout,
         system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
         plugins::start, plugins::stop, plugins::remove,
@@ -22,19 +24,24 @@ use crate::{ingest, plugins, providers, rules, streams, system, transports};
     ),
     components(schemas(providers::SetBody, providers::ActBody, ingest::IngestBody, ingest::IngestUpdate,
                         system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody)),
-    modifiers(&Bearer),
-    security(("bearer" = []))
+    modifiers(&Credentials),
+    security(("bearer" = []), ("session" = []))
 )]
 struct ApiDoc;
 
-struct Bearer;
+/// The two ways to authenticate: a bearer token, or the session cookie of a browser sign-in.
+struct Credentials;
 
-impl Modify for Bearer {
+impl Modify for Credentials {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         if let Some(components) = openapi.components.as_mut() {
             components.add_security_scheme(
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+            components.add_security_scheme(
+                "session",
+                SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::login::SESSION_COOKIE))),
             );
         }
     }

@@ -53,6 +53,7 @@ impl Hub {
         let state = AppState {
             oidc: None,
             federation: None,
+            login: None,
             automation,
             twin,
             policy,

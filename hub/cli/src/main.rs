@@ -310,6 +310,10 @@ async fn serve(config: Config) -> Result<()> {
         tracing::info!(?issuers, "accepting OpenID Connect access tokens");
         Some(Arc::new(hub_identity::OidcVerifier::new(&oidc_issuers).map_err(anyhow::Error::msg)?))
     };
+    let login = hub_identity::Login::from_config(&oidc_issuers)?.map(Arc::new);
+    if let Some(login) = &oidc_issuers.login {
+        tracing::info!(issuer = %login.issuer, redirect_url = %login.redirect_url, "browser sign-in enabled");
+    }
 
     let transports = Arc::new(hub_runtime::Transports::new());
     let plugins = hub_runtime::PluginHost::new(
@@ -348,6 +352,7 @@ async fn serve(config: Config) -> Result<()> {
         tokens,
         oidc,
         federation,
+        login,
         metrics: Arc::new(Metrics::new()),
         limits: ApiLimits {
             max_body_bytes: config.http.max_body_bytes,

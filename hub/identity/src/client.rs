@@ -291,8 +291,8 @@ mod tests {
     fn configuration_errors_name_the_field() {
         let good = ClientCredentialsConfig::new("https://id.example", "hub", "s3cr3t");
         assert!(good.validate().is_ok());
-        type Edit = fn(&mut ClientCredentialsConfig);
-        let cases: [(Edit, &str); 5] = [
+        type Change = fn(&mut ClientCredentialsConfig);
+        let cases: [(Change, &str); 5] = [
             (|c| c.issuer = "http://id.example".into(), "issuer"),
             (|c| c.client_id.clear(), "client_id"),
             (|c| c.client_secret.clear(), "client_secret"),

@@ -25,7 +25,7 @@ enum Answer {
     Down,
 }
 
-/// The forms the token endpoint received, one list of fields each.
+/// The forms the token endpoint received, in order.
 type Forms = Arc<Mutex<Vec<Vec<(String, String)>>>>;
 
 #[derive(Clone)]
