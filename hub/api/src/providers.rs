@@ -237,11 +237,9 @@ pub async fn set_resource(
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
     authorize(&state, &caller, &path.to_string(), Action::Write)?;
-    let rest = format!("services/{s}/resources/{r}");
-    if let Some(answer) =
-        forward(&state, &headers, &p, reqwest::Method::PUT, &rest, json!({ "value": body.value })).await
-    {
-        return answer;
+    if state.twin.imported_from(&p).is_some() {
+        let rest = format!("services/{s}/resources/{r}");
+        return forward(&state, &headers, &p, reqwest::Method::PUT, &rest, json!({ "value": body.value })).await;
     }
     let update = state.twin.set(path, body.value).await?;
     Ok(Json(json!({ "value": update.value, "timestamp": update.timestamp })))
@@ -272,18 +270,16 @@ pub async fn act(
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
     authorize(&state, &caller, &path.to_string(), Action::Act)?;
-    let rest = format!("services/{s}/resources/{r}/act");
-    if let Some(answer) =
-        forward(&state, &headers, &p, reqwest::Method::POST, &rest, json!({ "params": body.params })).await
-    {
-        return answer;
+    if state.twin.imported_from(&p).is_some() {
+        let rest = format!("services/{s}/resources/{r}/act");
+        return forward(&state, &headers, &p, reqwest::Method::POST, &rest, json!({ "params": body.params })).await;
     }
     let result = state.twin.act(path, body.params).await?;
     Ok(Json(json!({ "result": result })))
 }
 
 /// SET and ACT on a provider imported from a federation peer go to its origin hub, under the caller's own
-/// credentials: the origin's policy decides. `None` when the provider is not imported.
+/// credentials: the origin's policy decides.
 async fn forward(
     state: &AppState,
     headers: &HeaderMap,
@@ -291,11 +287,16 @@ async fn forward(
     method: reqwest::Method,
     rest: &str,
     body: Value,
-) -> Option<Result<Json<Value>, ApiError>> {
-    let federation = state.federation.as_ref()?;
+) -> Result<Json<Value>, ApiError> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let answer = federation.forward(provider, method, rest, authorization, &body).await?;
-    Some(match answer {
+    let answer = match &state.federation {
+        Some(federation) => federation.forward(provider, method, rest, authorization, &body).await,
+        None => None,
+    };
+    let Some(answer) = answer else {
+        return Err(ApiError::bad_gateway(format!("{provider} is imported, but no federation link carries it")));
+    };
+    match answer {
         Err(e) => Err(ApiError::bad_gateway(e)),
         Ok(f) if (200..300).contains(&f.status) => Ok(Json(f.body)),
         Ok(f) => {
@@ -309,7 +310,7 @@ async fn forward(
                 _ => ApiError::bad_gateway(detail),
             })
         }
-    })
+    }
 }
 
 #[derive(Serialize)]

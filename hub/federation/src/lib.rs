@@ -60,11 +60,6 @@ impl Federation {
         self.links.iter().find_map(|l| provider.strip_prefix(l.prefix()).map(|remote| (l.as_ref(), remote)))
     }
 
-    /// Whether a local provider is imported from a peer (and so read-only here).
-    pub fn is_imported(&self, provider: &str) -> bool {
-        self.origin(provider).is_some()
-    }
-
     /// Sends a request about an imported provider to its origin hub, under the caller's own `Authorization`
     /// header (the origin decides with its own policy), and returns the origin's answer. `rest` is the path
     /// below the provider (`services/s/resources/r` or `.../act`). `None` when the provider is not imported.
@@ -77,27 +72,18 @@ impl Federation {
         body: &Value,
     ) -> Option<Result<Forwarded, String>> {
         let (link, remote) = self.origin(provider)?;
-        Some(
-            async {
-                let url = format!("{}/api/v1/providers/{remote}/{rest}", link.base());
-                let mut request = link.http().request(method, &url).json(body);
-                if let Some(authorization) = authorization {
-                    request = request.header(reqwest::header::AUTHORIZATION, authorization);
-                }
-                let response = tokio::time::timeout(link.timeout(), request.send())
-                    .await
-                    .map_err(|_| format!("the origin hub {} did not answer in time", link.name()))?
-                    .map_err(|e| format!("the origin hub {} is unreachable: {e}", link.name()))?;
-                let status = response.status().as_u16();
-                let bytes = tokio::time::timeout(link.timeout(), response.bytes())
-                    .await
-                    .map_err(|_| format!("the origin hub {} did not answer in time", link.name()))?
-                    .map_err(|e| format!("reading the answer of the origin hub {}: {e}", link.name()))?;
-                let body = serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| serde_json::json!({ "detail": problem_detail(&bytes) }));
-                Ok(Forwarded { status, body })
+        let url = format!("{}/api/v1/providers/{remote}/{rest}", link.base());
+        let mut request = link.http().request(method, &url).json(body);
+        if let Some(authorization) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        let what = format!("the origin hub {}", link.name());
+        Some(link.exchange(&what, request).await.map(|(status, bytes)| {
+            Forwarded {
+                status: status.as_u16(),
+                body: serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| serde_json::json!({ "detail": problem_detail(&bytes) })),
             }
-            .await,
-        )
+        }))
     }
 }

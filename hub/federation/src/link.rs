@@ -252,22 +252,58 @@ impl Link {
         Name::new(&format!("{}{remote}", self.prefix)).ok()
     }
 
-    /// A request to the peer, authenticated, with the answer's JSON body.
-    async fn get_json(&self, token: &str, path: &str) -> Result<Value, String> {
-        let url = format!("{}/api/v1{path}", self.base());
-        let response = tokio::time::timeout(self.timeout(), self.http.get(&url).bearer_auth(token).send())
+    /// Sends a request to the peer and reads the whole answer, each within the timeout. `what` names the
+    /// request in errors.
+    pub(crate) async fn exchange(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, bytes::Bytes), String> {
+        let response = tokio::time::timeout(self.timeout(), request.send())
             .await
-            .map_err(|_| format!("GET {path}: no answer within {:?}", self.timeout()))?
-            .map_err(|e| format!("GET {path}: {e}"))?;
+            .map_err(|_| format!("{what}: no answer within {:?}", self.timeout()))?
+            .map_err(|e| format!("{what}: {e}"))?;
         let status = response.status();
         let body = tokio::time::timeout(self.timeout(), response.bytes())
             .await
-            .map_err(|_| format!("GET {path}: the body did not arrive within {:?}", self.timeout()))?
-            .map_err(|e| format!("GET {path}: {e}"))?;
+            .map_err(|_| format!("{what}: the body did not arrive within {:?}", self.timeout()))?
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok((status, body))
+    }
+
+    /// A request to the peer, authenticated, with the answer's JSON body.
+    async fn get_json(&self, token: &str, path: &str) -> Result<Value, FetchError> {
+        let what = format!("GET {path}");
+        let request = self.http.get(format!("{}/api/v1{path}", self.base())).bearer_auth(token);
+        let (status, body) = self.exchange(&what, request).await.map_err(FetchError::failed)?;
         if !status.is_success() {
-            return Err(format!("GET {path}: the peer answered {status}: {}", problem_detail(&body)));
+            let message = format!("{what}: the peer answered {status}: {}", problem_detail(&body));
+            return Err(FetchError { status: Some(status), message });
         }
-        serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))
+        serde_json::from_slice(&body).map_err(|e| FetchError::failed(format!("{what}: not JSON: {e}")))
+    }
+}
+
+/// Why a request to the peer brought no document: its refusal (with the status), or a failure on the way.
+struct FetchError {
+    status: Option<StatusCode>,
+    message: String,
+}
+
+impl FetchError {
+    fn failed(message: String) -> FetchError {
+        FetchError { status: None, message }
+    }
+
+    /// Whether the peer answered with one of these statuses.
+    fn is(&self, statuses: &[StatusCode]) -> bool {
+        self.status.is_some_and(|s| statuses.contains(&s))
+    }
+}
+
+impl From<FetchError> for String {
+    fn from(e: FetchError) -> String {
+        e.message
     }
 }
 
@@ -377,14 +413,13 @@ impl Session<'_> {
         Some(Update { path: ResourcePath::new(provider, service, resource), value: v.get("value")?.clone(), timestamp })
     }
 
-    /// The cursor of a local resource.
-    fn cursor(&mut self, path: &ResourcePath) -> Option<Timestamp> {
-        if let Some(cursor) = self.cursors.get(path) {
-            return *cursor;
+    /// The cursor of a local resource, read from the twin the first time.
+    fn cursor(&mut self, path: &ResourcePath) -> &mut Option<Timestamp> {
+        if !self.cursors.contains_key(path) {
+            let cursor = self.twin.resource(path).and_then(|r| r.timestamp);
+            self.cursors.insert(path.clone(), cursor);
         }
-        let cursor = self.twin.resource(path).and_then(|r| r.timestamp);
-        self.cursors.insert(path.clone(), cursor);
-        cursor
+        self.cursors.get_mut(path).expect("the cursor was just inserted")
     }
 
     /// Imports the updates newer than their resource's cursor, in one transaction.
@@ -392,37 +427,47 @@ impl Session<'_> {
         let mut fresh = Vec::with_capacity(updates.len());
         let mut skipped = 0;
         for update in updates {
-            if self.cursor(&update.path).is_some_and(|cursor| update.timestamp <= cursor) {
+            let cursor = self.cursor(&update.path);
+            if cursor.is_some_and(|cursor| update.timestamp <= cursor) {
                 skipped += 1;
                 continue;
             }
-            self.cursors.insert(update.path.clone(), Some(update.timestamp));
+            *cursor = Some(update.timestamp);
             fresh.push(update);
         }
-        let now = Timestamp::now();
-        let lags: Vec<f64> =
-            fresh.iter().map(|u| (now.as_micros() - u.timestamp.as_micros()) as f64 / 1000.0).collect();
-        let imported = fresh.len() as u64;
-        if !fresh.is_empty() {
-            let providers: Vec<String> = fresh.iter().map(|u| u.path.provider.to_string()).collect();
-            if let Err(e) = self.twin.ingest_imported(fresh).await {
-                // The cursors moved for values that were not stored: read them from the twin again.
-                self.cursors.clear();
-                return Err(format!("storing imported values: {e}"));
+        // Kept for the counters: the providers (once per run of one provider) and, for live values, the times.
+        let mut providers: Vec<Name> = Vec::new();
+        let mut stamps: Vec<i64> = Vec::new();
+        for u in &fresh {
+            if providers.last() != Some(&u.path.provider) {
+                providers.push(u.path.provider.clone());
             }
-            let mut c = self.link.counters();
-            c.providers.extend(providers);
+            if live {
+                stamps.push(u.timestamp.as_micros());
+            }
         }
+        let imported = fresh.len() as u64;
+        if !fresh.is_empty()
+            && let Err(e) = self.twin.ingest_imported(fresh).await
+        {
+            // The cursors moved for values that were not stored: read them from the twin again.
+            self.cursors.clear();
+            return Err(format!("storing imported values: {e}"));
+        }
+        let now = Timestamp::now().as_micros();
         let mut c = self.link.counters();
+        for provider in providers {
+            if !c.providers.contains(provider.as_str()) {
+                c.providers.insert(provider.to_string());
+            }
+        }
         c.updates += imported;
         c.duplicates += skipped;
-        if live {
-            for lag in lags {
-                if c.lags.len() == LAG_SAMPLES {
-                    c.lags.pop_front();
-                }
-                c.lags.push_back(lag);
+        for stamp in stamps {
+            if c.lags.len() == LAG_SAMPLES {
+                c.lags.pop_front();
             }
+            c.lags.push_back((now - stamp) as f64 / 1000.0);
         }
         Ok(())
     }
@@ -432,8 +477,8 @@ impl Session<'_> {
         let listing = match self.link.get_json(token, "/providers").await {
             Ok(listing) => listing,
             // A peer that lets this hub read nothing (yet) answers 403 to the listing.
-            Err(e) if e.contains("403") => json!({ "providers": [] }),
-            Err(e) => return Err(e),
+            Err(e) if e.is(&[StatusCode::FORBIDDEN]) => json!({ "providers": [] }),
+            Err(e) => return Err(e.into()),
         };
         let providers = listing.get("providers").and_then(Value::as_array).cloned().unwrap_or_default();
         for provider in &providers {
@@ -484,7 +529,7 @@ impl Session<'_> {
         }
         self.link.counters().providers.insert(local.to_string());
         for (path, timestamp, value) in latest {
-            match self.cursor(&path) {
+            match *self.cursor(&path) {
                 Some(cursor) if timestamp <= cursor => {}
                 // Never imported: the snapshot starts the mirror at the current value.
                 None => self.import(vec![Update { path, value, timestamp }], false).await?,
@@ -599,8 +644,8 @@ impl Session<'_> {
         match self.link.get_json(token, &format!("/providers/{remote}")).await {
             Ok(provider) => self.import_provider(token, &provider).await,
             // No longer readable: the mirror keeps what it has.
-            Err(e) if e.contains("403") || e.contains("404") => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.is(&[StatusCode::FORBIDDEN, StatusCode::NOT_FOUND]) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

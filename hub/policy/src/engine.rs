@@ -1,7 +1,7 @@
 //! The authorisation engine: casbin behind an atomically swapped snapshot with a decision cache.
 
 use std::{
-    borrow::Borrow,
+    borrow::{Borrow, Cow},
     future::Future,
     hash::{Hash, Hasher},
     pin::pin,
@@ -158,11 +158,6 @@ impl PolicyEngine {
         })
     }
 
-    /// The hub's own domain.
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
     /// Makes the objects' metadata a source of labels (data class, clearance, department, owner). Set once,
     /// when the live model exists; later calls are ignored.
     pub fn set_label_source(&self, source: Arc<dyn LabelSource>) {
@@ -212,7 +207,7 @@ impl PolicyEngine {
         let (outcome, labels) = self.evaluate(&snapshot, principal, object, action);
         explanation.allowed = outcome.allowed();
         if labels.class.is_some() && action == Action::Read {
-            explanation.attributes = Some(snapshot.attributes(principal, &self.domain));
+            explanation.attributes = Some(snapshot.attributes(principal, &self.domain).into_owned());
         }
         let permission = || {
             std::iter::once(&principal.subject)
@@ -263,7 +258,7 @@ impl PolicyEngine {
                 None => "personal data without an owner: nobody may read it".to_owned(),
             },
         };
-        explanation.labels = labels;
+        explanation.labels = (*labels).clone();
         explanation
     }
 
@@ -274,12 +269,12 @@ impl PolicyEngine {
         principal: &Principal,
         object: &str,
         action: Action,
-    ) -> (Outcome<'s>, ResolvedLabels) {
+    ) -> (Outcome<'s>, Arc<ResolvedLabels>) {
         let permitted = || {
             snapshot.decide(&principal.subject, object, action, &self.domain)
                 || principal.roles.iter().any(|role| snapshot.decide(role, object, action, &self.domain))
         };
-        let labels = if action == Action::Read { self.labels(snapshot, object) } else { ResolvedLabels::default() };
+        let labels = if action == Action::Read { self.labels(snapshot, object) } else { snapshot.no_labels.clone() };
         let Some(class) = labels.class.as_ref().map(|c| c.value) else {
             let outcome = if permitted() { Outcome::Permission } else { Outcome::NoPermission };
             return (outcome, labels);
@@ -329,15 +324,21 @@ impl PolicyEngine {
         (outcome, labels)
     }
 
-    /// The labels in force for an object: the policy's, then its metadata's.
-    fn labels(&self, snapshot: &Snapshot, object: &str) -> ResolvedLabels {
-        let mut labels = snapshot.policy_labels(object);
-        if !labels.is_complete()
-            && let Some(source) = self.labels.get()
-        {
-            labels.fill_from(source.labels(object));
+    /// The labels in force for an object: the policy's, then its metadata's. Shared, not copied, unless the
+    /// object's metadata adds to what the policy says.
+    fn labels(&self, snapshot: &Snapshot, object: &str) -> Arc<ResolvedLabels> {
+        let labels = snapshot.policy_labels(object);
+        if labels.is_complete() {
+            return labels;
         }
-        labels
+        let Some(source) = self.labels.get() else { return labels };
+        let metadata = source.labels(object);
+        if metadata.is_empty() {
+            return labels;
+        }
+        let mut filled = (*labels).clone();
+        filled.fill_from(metadata);
+        Arc::new(filled)
     }
 
     /// Validates `text` fully, then makes it the policy for every later check.
@@ -419,6 +420,8 @@ struct Snapshot {
     subject_attributes: BoundedMap<Attributes>,
     /// Labels the `o` lines give each object, when there are `o` lines.
     object_labels: BoundedMap<ResolvedLabels>,
+    /// No labels at all, shared by every object nothing labels.
+    no_labels: Arc<ResolvedLabels>,
 }
 
 /// How a request was decided.
@@ -468,6 +471,7 @@ impl Snapshot {
             cache: DecisionCache::new(cache_capacity),
             subject_attributes: BoundedMap::new(cache_capacity),
             object_labels: BoundedMap::new(cache_capacity),
+            no_labels: Arc::new(ResolvedLabels::default()),
         }
     }
 
@@ -516,11 +520,11 @@ impl Snapshot {
     }
 
     /// The principal's attributes: its token's, merged with those `s` lines give its subject and roles.
-    fn attributes(&self, principal: &Principal, local: &str) -> Attributes {
-        let mut attributes = principal.attributes.clone();
+    fn attributes<'p>(&self, principal: &'p Principal, local: &str) -> Cow<'p, Attributes> {
         if self.policy.subject_attributes.is_empty() {
-            return attributes;
+            return Cow::Borrowed(&principal.attributes);
         }
+        let mut attributes = principal.attributes.clone();
         for who in std::iter::once(&principal.subject).chain(&principal.roles) {
             if who.len() > MAX_NAME_LEN {
                 continue;
@@ -530,9 +534,10 @@ impl Snapshot {
                 for line in &self.policy.subject_attributes {
                     if self.is_or_has(who, &line.subject, local) {
                         match &line.value {
-                            SubjectValue::Department(d) => {
-                                found.merge(&Attributes { departments: vec![d.clone()], clearance: None })
+                            SubjectValue::Department(d) if !found.departments.contains(d) => {
+                                found.departments.push(d.clone())
                             }
+                            SubjectValue::Department(_) => {}
                             SubjectValue::Clearance(c) => found.clearance = found.clearance.max(Some(*c)),
                         }
                     }
@@ -541,15 +546,15 @@ impl Snapshot {
             });
             attributes.merge(&from_policy);
         }
-        attributes
+        Cow::Owned(attributes)
     }
 
     /// The labels the `o` lines give an object: the first matching line, in text order, for each label.
-    fn policy_labels(&self, object: &str) -> ResolvedLabels {
+    fn policy_labels(&self, object: &str) -> Arc<ResolvedLabels> {
         if self.policy.object_labels.is_empty() {
-            return ResolvedLabels::default();
+            return self.no_labels.clone();
         }
-        let labels = self.object_labels.get_or_insert_with(object, || {
+        self.object_labels.get_or_insert_with(object, || {
             let mut labels = ResolvedLabels::default();
             for line in self.policy.object_labels.iter().filter(|l| object_matches(&l.pattern, object)) {
                 fn set<T>(slot: &mut Option<Labelled<T>>, value: T, line: usize) {
@@ -565,8 +570,7 @@ impl Snapshot {
                 }
             }
             labels
-        });
-        (*labels).clone()
+        })
     }
 
     /// The first `p` line, in text order, that allows `who` to do `action` on `object`.
