@@ -25,9 +25,7 @@ const PROVIDERS: usize = 100;
 #[tokio::main]
 async fn main() {
     let fujisawa_dir = tempfile::tempdir().unwrap();
-    let mut launch = Launch::new(fujisawa_dir.path());
-    launch.args = vec!["--data-dir".into(), fujisawa_dir.path().display().to_string()];
-    let fujisawa = HubProcess::start(launch).await.expect("starting the Fujisawa hub");
+    let fujisawa = HubProcess::start(Launch::new(fujisawa_dir.path())).await.expect("starting the Fujisawa hub");
     // Declare the providers first, so the link's snapshot has them all.
     post(&fujisawa, batch(0, PROVIDERS)).await;
 

@@ -25,11 +25,12 @@ async fn ingest(hub: &HubProcess, updates: Value) {
     assert!(status < 300, "{status} {body}");
 }
 
-/// Values 0..n of env-1/air/no2 at Fujisawa, one millisecond apart from `start` (µs since the epoch).
+/// Values 0..n of env-1/air/no2 at Fujisawa from `start` (µs since the epoch), two values every millisecond:
+/// values of one resource may share a timestamp, and the mirror must keep both.
 async fn write_no2(hub: &HubProcess, values: std::ops::Range<u64>, start: i64) {
     let updates: Vec<Value> = values
         .map(|i| {
-            let micros = start + i as i64 * 1000;
+            let micros = start + (i / 2) as i64 * 1000;
             let ts = chrono::DateTime::from_timestamp_micros(micros).unwrap().to_rfc3339();
             json!({"provider": "env-1", "service": "air", "resource": "no2", "value": i, "timestamp": ts})
         })

@@ -19,6 +19,7 @@ use eventsource_stream::Eventsource;
 use futures::{FutureExt, StreamExt};
 use hub_identity::ClientCredentials;
 use hub_model::{Glob, Name, ProviderDoc, ResourceDoc, ResourceKind, ResourcePath, ServiceDoc, Timestamp, Update};
+use hub_store::{HistoryQuery, Order};
 use hub_twin::Twin;
 use reqwest::StatusCode;
 use serde::Serialize;
@@ -307,6 +308,56 @@ impl From<FetchError> for String {
     }
 }
 
+/// What a link has imported for one resource: the newest timestamp, and the digests of the values imported at
+/// exactly that time (several values of one resource may share a timestamp, e.g. those of one batch).
+struct Cursor {
+    at: Option<Timestamp>,
+    seen: Vec<u64>,
+}
+
+impl Cursor {
+    /// Whether an update is new: later than the cursor, or at its time with a value not imported yet. An older
+    /// update, or the same value again at the same time, was imported already (or is late data: not imported).
+    /// Moves the cursor over what it admits.
+    fn admit(&mut self, update: &Update) -> bool {
+        match self.at {
+            Some(at) if update.timestamp < at => false,
+            Some(at) if update.timestamp == at => {
+                let digest = digest(&update.value);
+                if self.seen.contains(&digest) {
+                    return false;
+                }
+                self.seen.push(digest);
+                true
+            }
+            _ => {
+                self.at = Some(update.timestamp);
+                self.seen.clear();
+                self.seen.push(digest(&update.value));
+                true
+            }
+        }
+    }
+}
+
+/// A digest of a JSON value, computed from its serialisation without allocating it.
+fn digest(value: &Value) -> u64 {
+    struct HashWriter(std::collections::hash_map::DefaultHasher);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            std::hash::Hasher::write(&mut self.0, bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(std::collections::hash_map::DefaultHasher::new());
+    // Writing to a hasher cannot fail.
+    let _ = serde_json::to_writer(&mut writer, value);
+    std::hash::Hasher::finish(&writer.0)
+}
+
 /// The `detail` of a problem document, or the start of the body.
 pub(crate) fn problem_detail(body: &[u8]) -> String {
     serde_json::from_slice::<Value>(body)
@@ -318,8 +369,8 @@ pub(crate) fn problem_detail(body: &[u8]) -> String {
 struct Session<'a> {
     link: &'a Link,
     twin: &'a Twin,
-    /// The newest imported timestamp per local resource, read from the twin on first use.
-    cursors: HashMap<ResourcePath, Option<Timestamp>>,
+    /// Per local resource: what has been imported, read from the twin and the store on first use.
+    cursors: HashMap<ResourcePath, Cursor>,
     reached_live: bool,
 }
 
@@ -413,13 +464,25 @@ impl Session<'_> {
         Some(Update { path: ResourcePath::new(provider, service, resource), value: v.get("value")?.clone(), timestamp })
     }
 
-    /// The cursor of a local resource, read from the twin the first time.
-    fn cursor(&mut self, path: &ResourcePath) -> &mut Option<Timestamp> {
+    /// The cursor of a local resource: the twin's newest timestamp, and the values stored at exactly that time.
+    async fn cursor(&mut self, path: &ResourcePath) -> Result<&mut Cursor, String> {
         if !self.cursors.contains_key(path) {
-            let cursor = self.twin.resource(path).and_then(|r| r.timestamp);
+            let mut cursor = Cursor { at: self.twin.resource(path).and_then(|r| r.timestamp), seen: Vec::new() };
+            if let Some(at) = cursor.at {
+                let query = HistoryQuery {
+                    path: path.clone(),
+                    from: Some(at),
+                    to: Some(Timestamp::from_micros(at.as_micros() + 1)),
+                    limit: HISTORY_PAGE,
+                    order: Order::Asc,
+                    cursor: None,
+                };
+                let page = self.twin.store().history(query).await.map_err(|e| format!("reading {path}: {e}"))?;
+                cursor.seen = page.points.iter().map(|p| digest(&p.value)).collect();
+            }
             self.cursors.insert(path.clone(), cursor);
         }
-        self.cursors.get_mut(path).expect("the cursor was just inserted")
+        Ok(self.cursors.get_mut(path).expect("the cursor was just inserted"))
     }
 
     /// Imports the updates newer than their resource's cursor, in one transaction.
@@ -427,13 +490,11 @@ impl Session<'_> {
         let mut fresh = Vec::with_capacity(updates.len());
         let mut skipped = 0;
         for update in updates {
-            let cursor = self.cursor(&update.path);
-            if cursor.is_some_and(|cursor| update.timestamp <= cursor) {
+            if self.cursor(&update.path).await?.admit(&update) {
+                fresh.push(update);
+            } else {
                 skipped += 1;
-                continue;
             }
-            *cursor = Some(update.timestamp);
-            fresh.push(update);
         }
         // Kept for the counters: the providers (once per run of one provider) and, for live values, the times.
         let mut providers: Vec<Name> = Vec::new();
@@ -529,11 +590,15 @@ impl Session<'_> {
         }
         self.link.counters().providers.insert(local.to_string());
         for (path, timestamp, value) in latest {
-            match *self.cursor(&path) {
-                Some(cursor) if timestamp <= cursor => {}
+            let cursor = self.cursor(&path).await?;
+            // The peer's current value imported already: nothing newer to fetch (values arrive in order).
+            let current = cursor.at == Some(timestamp) && cursor.seen.contains(&digest(&value));
+            match cursor.at {
+                Some(at) if timestamp < at || current => {}
                 // Never imported: the snapshot starts the mirror at the current value.
                 None => self.import(vec![Update { path, value, timestamp }], false).await?,
-                Some(cursor) => self.history_since(token, remote, &path, cursor).await?,
+                // Newer values, or more values at the cursor's time: fetch them from the cursor on.
+                Some(at) => self.history_since(token, remote, &path, at).await?,
             }
         }
         Ok(())
@@ -659,5 +724,37 @@ impl Session<'_> {
         self.cursors.retain(|path, _| path.provider != local);
         self.link.counters().providers.remove(local.as_str());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn update(micros: i64, value: Value) -> Update {
+        Update { path: "p/s/r".parse().unwrap(), value, timestamp: Timestamp::from_micros(micros) }
+    }
+
+    #[test]
+    fn values_sharing_a_timestamp_are_all_admitted_once() {
+        let mut cursor = Cursor { at: None, seen: Vec::new() };
+        assert!(cursor.admit(&update(10, json!(1))));
+        assert!(cursor.admit(&update(10, json!(2))), "a second value at the same time is new");
+        assert!(!cursor.admit(&update(10, json!(1))), "the same value at the same time is a duplicate");
+        assert!(!cursor.admit(&update(9, json!(3))), "older than the cursor");
+        assert!(cursor.admit(&update(11, json!(1))), "a later time moves the cursor");
+        assert_eq!(cursor.at, Some(Timestamp::from_micros(11)));
+        assert!(!cursor.admit(&update(10, json!(2))), "the values of the previous time are behind the cursor");
+        assert!(cursor.admit(&update(11, json!({"a": [1, 2]}))));
+        assert!(!cursor.admit(&update(11, json!({"a": [1, 2]}))));
+    }
+
+    #[test]
+    fn a_cursor_read_back_from_the_store_skips_what_was_imported_at_its_time() {
+        let mut cursor = Cursor { at: Some(Timestamp::from_micros(5)), seen: vec![digest(&json!("a"))] };
+        assert!(!cursor.admit(&update(5, json!("a"))));
+        assert!(cursor.admit(&update(5, json!("b"))));
+        assert_ne!(digest(&json!(1)), digest(&json!("1")), "the digest tells types apart");
     }
 }
