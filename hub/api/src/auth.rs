@@ -39,6 +39,21 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        // Authenticated already by the audit middleware.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let caller = Caller::from_credentials(parts, state).await;
+        if let Err(e) = &caller {
+            crate::audit::note_rejected_credentials(state, e.detail());
+        }
+        caller
+    }
+}
+
+impl Caller {
+    /// Authenticates a request from its credentials.
+    async fn from_credentials(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let secret = match parts.headers.get(header::AUTHORIZATION) {
             Some(value) => {
                 let value =
@@ -91,9 +106,14 @@ fn query_token(parts: &Parts) -> Option<String> {
     parts.uri.query()?.split('&').find_map(|pair| pair.strip_prefix("access_token=")).map(str::to_string)
 }
 
-/// Allows the request if the policy does; otherwise 401 for anonymous callers and 403 for the others.
+/// Allows the request if the policy does; otherwise 401 for anonymous callers and 403 for the others. Reads of
+/// personal and confidential data are recorded in the audit log.
 pub fn authorize(state: &AppState, caller: &Caller, object: &str, action: Action) -> Result<(), ApiError> {
-    if state.policy.check(&caller.0, object, action) {
+    let (allowed, labels) = state.policy.decide(&caller.0, object, action);
+    if action == Action::Read {
+        crate::audit::note_read(state, caller, object, allowed, &labels);
+    }
+    if allowed {
         return Ok(());
     }
     Err(denied(caller, object, action))

@@ -34,6 +34,11 @@ impl ApiError {
         ApiError { status, title, detail: detail.into(), field: None, diagnostics: None }
     }
 
+    /// The explanation the problem document carries.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// 400: the request is malformed; `field` names what is wrong.
     pub fn bad_request(field: impl Into<String>, detail: impl Into<String>) -> Self {
         ApiError { field: Some(field.into()), ..Self::new(StatusCode::BAD_REQUEST, "Bad request", detail) }

@@ -6,6 +6,7 @@
 //! `/auth/login`; neither means the subject `anonymous`) and authorised by the policy engine before anything else
 //! happens. Errors are RFC 9457 problem documents naming the bad field.
 
+mod audit;
 mod auth;
 mod body;
 mod error;
@@ -74,6 +75,8 @@ pub struct AppState {
     pub federation: Option<Arc<hub_federation::Federation>>,
     /// Sign-in in the browser and its sessions (`[oidc.login]`; none configured: `None`).
     pub login: Option<Arc<hub_identity::Login>>,
+    /// The audit log.
+    pub audit: hub_audit::AuditLog,
     /// Counters exposed at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -120,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route("/rules/{id}/enable", post(rules::enable))
         .route("/rules/{id}/disable", post(rules::disable))
         .route("/federation/peers", get(system::federation_peers))
+        .route("/audit", get(audit::list))
+        .route("/audit/verify", get(audit::verify).post(audit::verify_published))
+        .route("/audit/checkpoint", get(audit::latest_checkpoint).post(audit::sign_checkpoint))
+        .route("/audit/key", get(audit::public_key))
         .route("/transports", get(transports::list))
         .route("/gateways", get(transports::gateways))
         .route("/auth/login", get(login::login))
@@ -134,6 +141,7 @@ pub fn router(state: AppState) -> Router {
     let api = plain
         .merge(streaming)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record_changes))
         .layer(DefaultBodyLimit::max(body_limit));
     Router::new()
         .nest("/api/v1", api)

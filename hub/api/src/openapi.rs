@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{ingest, login, plugins, providers, rules, streams, system, transports};
+use crate::{audit, ingest, login, plugins, providers, rules, streams, system, transports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use crate::{ingest, login, plugins, providers, rules, streams, system, transport
         system::create_token, system::list_tokens, system::delete_token,
         system::get_policy, system::put_policy, system::check_policy, system::explain_policy,
         system::federation_peers,
+        audit::list, audit::verify, audit::verify_published, audit::latest_checkpoint, audit::sign_checkpoint,
+        audit::public_key,
         login::login, login::callback, login::session, login::logout,
         system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
@@ -23,7 +25,8 @@ use crate::{ingest, login, plugins, providers, rules, streams, system, transport
         rules::remove,
     ),
     components(schemas(providers::SetBody, providers::ActBody, ingest::IngestBody, ingest::IngestUpdate,
-                        system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody)),
+                        system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody,
+                        audit::VerifyBody)),
     modifiers(&Credentials),
     security(("bearer" = []), ("session" = []))
 )]

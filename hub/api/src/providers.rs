@@ -45,7 +45,7 @@ pub(crate) fn visible(state: &AppState, caller: &Caller, provider: &Provider) ->
     for (service, svc) in out.services.iter_mut() {
         svc.resources.retain(|resource, _| {
             let object = format!("{}/{}/{}", provider.name, service, resource);
-            state.policy.check(&caller.0, &object, Action::Read)
+            crate::audit::read_allowed(state, caller, &object)
         });
         any |= !svc.resources.is_empty();
     }

@@ -1,4 +1,9 @@
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     extract::{
@@ -13,7 +18,7 @@ use axum::{
 use futures::{Stream, StreamExt, stream};
 use hub_bus::{Change, Event, Received, Subscription};
 use hub_model::{Glob, Update};
-use hub_policy::Action;
+use hub_policy::{Action, DataClass};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -86,12 +91,31 @@ fn update_json(u: &Update) -> Value {
     })
 }
 
+/// Whether a stream may deliver a value of `object`. The first delivery of personal or confidential data on a
+/// stream is recorded in the audit log (`noted` holds what this stream has recorded).
+fn stream_may_read(state: &AppState, caller: &Caller, object: &str, noted: &mut HashSet<String>) -> bool {
+    let (allowed, labels) = state.policy.decide(&caller.0, object, Action::Read);
+    let classified =
+        labels.class.as_ref().is_some_and(|c| matches!(c.value, DataClass::Personal | DataClass::Confidential));
+    if allowed && classified && !noted.contains(object) {
+        noted.insert(object.to_owned());
+        crate::audit::note_read(state, caller, object, allowed, &labels);
+    }
+    allowed
+}
+
 /// What one bus event means for one subscriber: the JSON messages it may see, tagged with an event type.
-fn visible_messages(state: &AppState, caller: &Caller, filter: &Filter, event: &Event) -> Vec<(&'static str, Value)> {
+fn visible_messages(
+    state: &AppState,
+    caller: &Caller,
+    filter: &Filter,
+    event: &Event,
+    noted: &mut HashSet<String>,
+) -> Vec<(&'static str, Value)> {
     match &event.change {
         Change::Updates(updates) => updates
             .iter()
-            .filter(|u| filter.matches(&u.path) && state.policy.check(&caller.0, &u.path.to_string(), Action::Read))
+            .filter(|u| filter.matches(&u.path) && stream_may_read(state, caller, &u.path.to_string(), noted))
             .map(|u| ("update", update_json(u)))
             .collect(),
         Change::ProviderDeleted(name) | Change::ModelChanged(name)
@@ -142,10 +166,12 @@ pub async fn sse(
     let guard = OpenStream::new(state.metrics.clone());
     let shutdown = state.shutdown.clone().cancelled_owned();
     let expiry = caller.expiry();
-    let events =
-        stream::unfold((sub, state, caller, filter, guard), |(mut sub, state, caller, filter, guard)| async move {
+    let noted = HashSet::new();
+    let events = stream::unfold(
+        (sub, state, caller, filter, guard, noted),
+        |(mut sub, state, caller, filter, guard, mut noted)| async move {
             let batch: Vec<SseEvent> = match sub.recv().await {
-                Received::Event(event) => visible_messages(&state, &caller, &filter, &event)
+                Received::Event(event) => visible_messages(&state, &caller, &filter, &event, &mut noted)
                     .into_iter()
                     .map(|(kind, data)| {
                         SseEvent::default().event(kind).id(event.seq.to_string()).data(data.to_string())
@@ -157,11 +183,12 @@ pub async fn sse(
                 }
                 Received::Closed => return None,
             };
-            Some((stream::iter(batch.into_iter().map(Ok)), (sub, state, caller, filter, guard)))
-        })
-        .flatten()
-        .take_until(shutdown)
-        .take_until(expiry);
+            Some((stream::iter(batch.into_iter().map(Ok)), (sub, state, caller, filter, guard, noted)))
+        },
+    )
+    .flatten()
+    .take_until(shutdown)
+    .take_until(expiry);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
@@ -195,6 +222,7 @@ async fn serve_ws(mut socket: WebSocket, state: AppState, caller: Caller) {
     let _guard = OpenStream::new(state.metrics.clone());
     let mut sub: Subscription = state.twin.bus().subscribe();
     let mut subscriptions: HashMap<String, Filter> = HashMap::new();
+    let mut noted = HashSet::new();
     let shutdown = state.shutdown.clone();
     let expiry = caller.expiry();
     tokio::pin!(expiry);
@@ -225,7 +253,7 @@ async fn serve_ws(mut socket: WebSocket, state: AppState, caller: Caller) {
                         .iter()
                         .flat_map(|(id, filter)| {
                             let seq = event.seq;
-                            visible_messages(&state, &caller, filter, &event).into_iter().map(move |(kind, mut data)| {
+                            visible_messages(&state, &caller, filter, &event, &mut noted).into_iter().map(move |(kind, mut data)| {
                                 if let Some(obj) = data.as_object_mut() {
                                     obj.insert("type".into(), json!(kind));
                                     obj.insert("subscription".into(), json!(id));

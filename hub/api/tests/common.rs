@@ -50,6 +50,8 @@ impl Hub {
         );
         let automation =
             hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
+        let key = hub_audit::SigningKey::from_bytes(&[9; 32]);
+        let audit = hub_audit::AuditLog::open(twin.store().clone(), key, Default::default()).await.unwrap();
         let state = AppState {
             oidc: None,
             federation: None,
@@ -60,6 +62,7 @@ impl Hub {
             plugins,
             transports: Default::default(),
             tokens: Arc::new(TokenRegistry::new()),
+            audit,
             metrics: Arc::new(Metrics::new()),
             limits: ApiLimits { max_body_bytes: 64 * 1024, ..ApiLimits::default() },
             shutdown: Default::default(),

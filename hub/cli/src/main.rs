@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Check a hub's audit log offline, or print the key its checkpoints verify with.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Validate a configuration file and exit.
     CheckConfig {
         /// The TOML file.
@@ -143,6 +148,39 @@ enum PluginCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the chain and the signed checkpoints; exits with status 1 naming the first altered, missing,
+    /// reordered or removed entry. Works on a running hub's store too (it only reads).
+    Verify {
+        /// The hub's data directory (its SQLite store, `hub.db`).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The store instead, when it is not SQLite in the data directory (`postgres://...`, `sqlite://PATH`).
+        #[arg(long)]
+        store_url: Option<String>,
+        /// The PostgreSQL schema the hub uses (storage.schema).
+        #[arg(long, requires = "store_url")]
+        schema: Option<String>,
+        /// The public key you trust (64 hex digits, from `hub audit public-key` or `GET /api/v1/audit/key`,
+        /// taken when the log was known to be sound).
+        #[arg(long)]
+        public_key: String,
+        /// A checkpoint document kept outside the hub (repeatable).
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<PathBuf>,
+    },
+    /// Print the public key of the hub's audit signing key.
+    PublicKey {
+        /// The hub's data directory.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// The key file, when not `<data-dir>/audit-signing.key`.
+        #[arg(long)]
+        signing_key_file: Option<PathBuf>,
+    },
+}
+
 #[derive(clap::Args)]
 struct HubTarget {
     /// Base URL of the running hub.
@@ -182,6 +220,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plugin { command } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(plugin_command(command))
+        }
+        Command::Audit { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(audit_command(command))
         }
         Command::CheckConfig { config } => {
             let text = fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
@@ -277,6 +319,73 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     }
 }
 
+async fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::PublicKey { data_dir, signing_key_file } => {
+            let path = signing_key_file.unwrap_or_else(|| data_dir.join("audit-signing.key"));
+            if !path.exists() {
+                bail!("{} does not exist: the hub creates it on its first start", path.display());
+            }
+            let key = hub_audit::load_or_create_key(&path)?;
+            println!("{}", hub_audit::public_key_hex(&key.verifying_key()));
+            Ok(())
+        }
+        AuditCommand::Verify { data_dir, store_url, schema, public_key, checkpoints } => {
+            let key = hub_audit::parse_public_key(&public_key).context("--public-key")?;
+            let published = checkpoints
+                .iter()
+                .map(|path| {
+                    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    hub_audit::Checkpoint::from_json(&text).with_context(|| format!("in {}", path.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let store: Arc<dyn Store> = match (&store_url, &schema) {
+                (Some(url), Some(schema)) => Arc::new(
+                    hub_store::PostgresStore::connect(url, Some(schema)).await.context("--store-url: cannot open")?,
+                ),
+                (Some(url), None) => hub_store::open_url(url).await.context("--store-url: cannot open")?,
+                (None, _) => {
+                    let path = data_dir.join("hub.db");
+                    if !path.exists() {
+                        bail!("{} does not exist: is --data-dir the hub's data directory?", path.display());
+                    }
+                    hub_store::open_url(&path.display().to_string()).await.context("cannot open the store")?
+                }
+            };
+            let report = hub_audit::verify(&*store, &key, &published).await;
+            store.close().await?;
+            let report = report?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            match report.problem {
+                None => Ok(()),
+                Some(problem) => bail!("the audit log is not intact: {}", problem.message),
+            }
+        }
+    }
+}
+
+/// The audit log in the store, signed with the key `[audit] signing_key_file` names (created when missing).
+async fn open_audit(config: &Config, store: &Arc<dyn Store>) -> Result<hub_audit::AuditLog> {
+    let key_file = audit_key_file(config);
+    let key = hub_audit::load_or_create_key(&key_file).context("audit.signing_key_file")?;
+    let options = hub_audit::AuditOptions {
+        checkpoint_every: config.audit.checkpoint_every,
+        checkpoint_interval: config.audit.checkpoint_interval,
+        ..hub_audit::AuditOptions::default()
+    };
+    let log = hub_audit::AuditLog::open(store.clone(), key, options).await.context("opening the audit log")?;
+    tracing::info!(
+        entries = log.head(),
+        public_key = %hub_audit::public_key_hex(&log.public_key()),
+        "audit log open; checkpoints verify with this public key"
+    );
+    Ok(log)
+}
+
+fn audit_key_file(config: &Config) -> PathBuf {
+    config.audit.signing_key_file.clone().unwrap_or_else(|| config.storage.data_dir.join("audit-signing.key"))
+}
+
 async fn serve(config: Config) -> Result<()> {
     let data_dir = &config.storage.data_dir;
     fs::create_dir_all(data_dir).with_context(|| format!("storage.data_dir: cannot create {}", data_dir.display()))?;
@@ -298,6 +407,7 @@ async fn serve(config: Config) -> Result<()> {
             .context("the stored policy is invalid")?,
     );
     policy.set_label_source(Arc::new(hub_api::TwinLabels(twin.clone())));
+    let audit = open_audit(&config, &store).await?;
     let tokens = Arc::new(TokenRegistry::new());
     let records = store.tokens().await?;
     tokens.replace_all(records.iter().map(hub_api::token_info).collect())?;
@@ -353,6 +463,7 @@ async fn serve(config: Config) -> Result<()> {
         oidc,
         federation,
         login,
+        audit: audit.clone(),
         metrics: Arc::new(Metrics::new()),
         limits: ApiLimits {
             max_body_bytes: config.http.max_body_bytes,
@@ -407,6 +518,7 @@ async fn serve(config: Config) -> Result<()> {
         let _ = retention.await;
         host.shutdown().await;
         plugins.shutdown(Duration::from_secs(5)).await;
+        audit.close().await;
         store.close().await
     };
     match tokio::time::timeout(SHUTDOWN_DEADLINE, finish).await {

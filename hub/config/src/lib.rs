@@ -53,6 +53,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     /// Authorisation.
     pub policy: PolicyConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// OpenID Connect: the issuers whose JWT access tokens the API accepts (`[[oidc.issuers]]`). Schema in
     /// `hub-identity`; validated by the binary, naming `oidc.` keys.
     pub oidc: toml::Table,
@@ -73,6 +75,26 @@ pub struct PolicyConfig {
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig { domain: "local".to_owned() }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The Ed25519 key checkpoints are signed with (64 hex digits), created on first start when missing.
+    /// Default `<data_dir>/audit-signing.key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// Sign a checkpoint after this many entries. Default 1,000.
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint at least this often while entries arrive. Default `60s`.
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { signing_key_file: None, checkpoint_every: 1_000, checkpoint_interval: Duration::from_secs(60) }
     }
 }
 
@@ -268,6 +290,12 @@ impl Config {
         }
         if self.http.request_timeout.is_zero() {
             issue("http.request_timeout".into(), "must be longer than zero");
+        }
+        if self.audit.checkpoint_every == 0 {
+            issue("audit.checkpoint_every".into(), "must be at least 1");
+        }
+        if self.audit.checkpoint_interval.is_zero() {
+            issue("audit.checkpoint_interval".into(), "must be longer than zero");
         }
         if !(16..=1 << 20).contains(&self.bus.capacity) {
             issue("bus.capacity".into(), "must be between 16 and 1048576");

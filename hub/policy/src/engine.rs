@@ -184,6 +184,23 @@ impl PolicyEngine {
         self.evaluate(&snapshot, principal, object, action).0.allowed()
     }
 
+    /// The name personal data calls this subject's by (the `owner` label): bare for the hub's own domain,
+    /// `name@domain` for the others.
+    pub fn owner_name(&self, principal: &Principal) -> String {
+        canonical_name(&principal.subject, &self.domain)
+    }
+
+    /// Like [`check`](Self::check), and also returns the object's labels in force (resolved for reads only; other
+    /// actions get none): what an audit log needs to tell a read of personal or confidential data from the rest.
+    pub fn decide(&self, principal: &Principal, object: &str, action: Action) -> (bool, Arc<ResolvedLabels>) {
+        let snapshot = self.current.load();
+        if object.len() > MAX_OBJECT_LEN {
+            return (false, snapshot.no_labels.clone());
+        }
+        let (outcome, labels) = self.evaluate(&snapshot, principal, object, action);
+        (outcome.allowed(), labels)
+    }
+
     /// Like [`check`](Self::check), and also says which rule allowed or denied the request, with the labels and
     /// attributes that decided it.
     ///

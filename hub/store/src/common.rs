@@ -44,6 +44,8 @@ pub(crate) enum Command {
         key: String,
         ack: Ack<bool>,
     },
+    /// Audit rows, appended in one transaction.
+    AppendAudit(Vec<crate::AuditRow>, Ack<()>),
     /// Flush what came before, then stop.
     Close(Ack<()>),
 }
@@ -85,6 +87,7 @@ pub(crate) fn refuse(command: Command) {
         | Command::PutToken(_, ack)
         | Command::SavePolicy(_, ack)
         | Command::WriteRecords { ack, .. }
+        | Command::AppendAudit(_, ack)
         | Command::Close(ack) => {
             let _ = ack.send(Err(StoreError::Closed));
         }
@@ -95,6 +98,22 @@ pub(crate) fn refuse(command: Command) {
             let _ = ack.send(Err(StoreError::Closed));
         }
     }
+}
+
+/// The audit rows a query selects, for both backends (`?N` placeholders, rewritten to `$N` for PostgreSQL):
+/// after `seq` 1, by subject 2, action 3 and owner 4 when given, in the time range 5..6, at most 7 rows.
+pub(crate) const SELECT_AUDIT: &str = "SELECT seq, ts, subject, action, object, owner, body, hash FROM audit \
+     WHERE seq > ?1 AND (CAST(?2 AS TEXT) IS NULL OR subject = ?2) AND (CAST(?3 AS TEXT) IS NULL OR action = ?3) \
+     AND (CAST(?4 AS TEXT) IS NULL OR owner = ?4) AND (CAST(?5 AS BIGINT) IS NULL OR ts >= ?5) \
+     AND (CAST(?6 AS BIGINT) IS NULL OR ts < ?6) ORDER BY seq LIMIT ?7";
+
+/// The newest audit row, for both backends.
+pub(crate) const SELECT_AUDIT_HEAD: &str =
+    "SELECT seq, ts, subject, action, object, owner, body, hash FROM audit ORDER BY seq DESC LIMIT 1";
+
+/// A `seq` as the databases store it (a signed 64-bit integer).
+pub(crate) fn audit_seq(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::InvalidInput(format!("audit sequence number {seq} is out of range")))
 }
 
 /// The most commands one writer round drains (and so the most batches in one group commit).

@@ -18,8 +18,8 @@ use hub_model::{MetaEntry, Name, Provider, Resource, ResourceKind, ResourcePath,
 use serde_json::{Value, json};
 
 use crate::{
-    Aggregate, Bucket, DownsampleQuery, HistoryQuery, Order, Point, RecordWrite, RetentionOutcome, Rollup, Store,
-    StoreError, TokenRecord, WriteBatch,
+    Aggregate, AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryQuery, Order, Point, RecordWrite,
+    RetentionOutcome, Rollup, Store, StoreError, TokenRecord, WriteBatch,
 };
 
 /// How the suite reaches one backend's storage.
@@ -69,6 +69,7 @@ macro_rules! conformance_tests {
             delete_provider_removes_state_and_history,
             tokens_put_list_delete,
             policy_save_and_load,
+            audit_rows_append_filter_and_survive,
             records_put_list_delete,
             records_written_together,
             records_commit_with_updates,
@@ -646,6 +647,57 @@ pub async fn policy_save_and_load(h: Arc<dyn Harness>) {
     store.close().await.unwrap();
     let store = open(&h).await;
     assert_eq!(store.policy().await.unwrap().as_deref(), Some(""));
+    store.close().await.unwrap();
+}
+
+fn audit_row(seq: u64, subject: &str, action: &str, owner: Option<&str>) -> AuditRow {
+    AuditRow {
+        seq,
+        time: at(seq as i64 * 1_000),
+        subject: subject.into(),
+        action: action.into(),
+        object: format!("care-{seq}/vitals/pulse"),
+        owner: owner.map(Into::into),
+        body: format!("{{\"seq\":{seq},\"note\":\"ünïcode 'quoted'\"}}"),
+        hash: format!("{seq:064x}"),
+    }
+}
+
+/// Audit rows are appended in order, read back by `seq` with every filter, survive a reopen, and a `seq` that
+/// is already stored fails its whole append.
+pub async fn audit_rows_append_filter_and_survive(h: Arc<dyn Harness>) {
+    let store = open(&h).await;
+    assert_eq!(store.audit_head().await.unwrap(), None);
+    let rows: Vec<AuditRow> = (1..=6)
+        .map(|seq| {
+            let subject = if seq % 2 == 0 { "alice" } else { "bob" };
+            audit_row(seq, subject, if seq <= 3 { "read" } else { "write" }, (seq == 4).then_some("carol"))
+        })
+        .collect();
+    store.append_audit(rows[..4].to_vec()).await.unwrap();
+    store.append_audit(rows[4..].to_vec()).await.unwrap();
+    let all = |after| AuditQuery { after, limit: 100, ..AuditQuery::default() };
+    assert_eq!(store.audit(all(0)).await.unwrap(), rows);
+    assert_eq!(store.audit(all(4)).await.unwrap(), rows[4..]);
+    assert_eq!(store.audit(AuditQuery { limit: 2, ..all(1) }).await.unwrap(), rows[1..3]);
+    let seqs = |rows: Vec<AuditRow>| rows.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let alice = AuditQuery { subject: Some("alice".into()), ..all(0) };
+    assert_eq!(seqs(store.audit(alice).await.unwrap()), [2, 4, 6]);
+    let writes = AuditQuery { action: Some("write".into()), subject: Some("bob".into()), ..all(0) };
+    assert_eq!(seqs(store.audit(writes).await.unwrap()), [5]);
+    let carol = AuditQuery { owner: Some("carol".into()), ..all(0) };
+    assert_eq!(seqs(store.audit(carol).await.unwrap()), [4]);
+    let window = AuditQuery { from: Some(at(2_000)), to: Some(at(5_000)), ..all(0) };
+    assert_eq!(seqs(store.audit(window).await.unwrap()), [2, 3, 4]);
+
+    let clash = vec![audit_row(7, "eve", "read", None), audit_row(3, "eve", "read", None)];
+    assert!(store.append_audit(clash).await.is_err(), "a stored seq fails the append");
+    assert_eq!(store.audit_head().await.unwrap().as_ref(), rows.last(), "nothing of the failed append is kept");
+    store.close().await.unwrap();
+
+    let store = open(&h).await;
+    assert_eq!(store.audit(all(0)).await.unwrap(), rows);
+    assert_eq!(store.audit_head().await.unwrap().as_ref(), rows.last());
     store.close().await.unwrap();
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The store keeps three things: the declared model and current value of every resource (so the twin can be
 //! rebuilt after a restart), the history of values (append-only, queried by time range with cursor paging and
-//! downsampling, trimmed by retention), and the hub's own records (token hashes, the casbin policy text).
+//! downsampling, trimmed by retention), and the hub's own records (token hashes, the casbin policy text, the audit log).
 //! SQLite (WAL, in the data directory) is the embedded default; PostgreSQL is selected by URL. Both pass the
 //! same conformance suite in [`conformance`].
 
@@ -227,6 +227,48 @@ pub struct TokenRecord {
     pub expires: Option<Timestamp>,
 }
 
+/// One entry of the audit log as stored: its place in the chain, the columns queries filter on, the entry's
+/// canonical text and its chain hash. The store keeps the rows in `seq` order and never changes one; what they
+/// mean (and how the chain is verified) is the audit log's business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When the entry was recorded.
+    pub time: Timestamp,
+    /// Who acted.
+    pub subject: String,
+    /// What was done.
+    pub action: String,
+    /// What it was done to.
+    pub object: String,
+    /// Whose data the entry is about (personal data), for "who looked at my data?".
+    pub owner: Option<String>,
+    /// The entry's canonical text, hashed into the chain.
+    pub body: String,
+    /// The chain hash after this entry (hex).
+    pub hash: String,
+}
+
+/// Which audit rows to read: ascending `seq` after `after`, at most `limit`, filtered by the given columns.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only rows with a larger `seq`.
+    pub after: u64,
+    /// At most this many rows.
+    pub limit: usize,
+    /// Only rows of this subject.
+    pub subject: Option<String>,
+    /// Only rows of this action.
+    pub action: Option<String>,
+    /// Only rows about this owner's data.
+    pub owner: Option<String>,
+    /// Only rows recorded at or after this time.
+    pub from: Option<Timestamp>,
+    /// Only rows recorded before this time.
+    pub to: Option<Timestamp>,
+}
+
 /// The storage seam. Every method is safe to call concurrently; writes are durable when they return.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -286,6 +328,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes one record. Returns whether it existed.
     async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
+
+    /// Appends audit rows durably, in one transaction. Rows must continue the log: a `seq` already stored fails
+    /// the whole append.
+    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError>;
+
+    /// Audit rows in ascending `seq`, as the query selects.
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// The audit row with the largest `seq`, if any.
+    async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError>;
 
     /// Flushes pending writes and stops accepting new ones. Later writes fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;

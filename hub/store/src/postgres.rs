@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Statement, Transaction, types::ToSql};
 
 use crate::{
-    Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store, StoreError, TokenRecord,
-    WriteBatch,
+    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store,
+    StoreError, TokenRecord, WriteBatch,
     common::{
         self, Ack, BULK_ROWS, BucketRow, Command, EncodedDeclaration, GroupRows, HistoryRow, MAX_GROUP, POSTGRES,
         RESOURCE_COLUMNS, ResourceRow, SCHEMA_VERSION, Step, WriterHandle,
@@ -80,6 +80,18 @@ CREATE TABLE IF NOT EXISTS records (
     body TEXT NOT NULL,
     PRIMARY KEY (namespace, key)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    seq BIGINT PRIMARY KEY,
+    ts BIGINT NOT NULL,
+    subject TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    owner TEXT,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, seq);
+CREATE INDEX IF NOT EXISTS audit_owner ON audit (owner, seq) WHERE owner IS NOT NULL;
 ";
 
 const UPSERT_DECLARATION: &str = "INSERT INTO resources (provider, service, resource, kind, type, unit, metadata, \
@@ -127,6 +139,25 @@ macro_rules! deadline {
 
 fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
     row.try_get(index).map_err(|e| StoreError::Corrupt(format!("postgres column {index}: {e}")))
+}
+
+/// SQL shared with SQLite, with its `?N` placeholders written the PostgreSQL way (`$N`).
+fn postgres_placeholders(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+fn audit_row(row: &Row) -> Result<AuditRow, StoreError> {
+    let seq: i64 = column(row, 0)?;
+    Ok(AuditRow {
+        seq: u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("audit sequence number {seq}")))?,
+        time: Timestamp::from_micros(column(row, 1)?),
+        subject: column(row, 2)?,
+        action: column(row, 3)?,
+        object: column(row, 4)?,
+        owner: column(row, 5)?,
+        body: column(row, 6)?,
+        hash: column(row, 7)?,
+    })
 }
 
 /// Checks a schema name: lower-case letters, digits and `_`, not starting with a digit, at most 63 bytes. That
@@ -528,6 +559,10 @@ impl Writer {
                 let result = deadline!(self, self.delete_record(&namespace, &key));
                 let _ = ack.send(self.after(result));
             }
+            Command::AppendAudit(rows, ack) => {
+                let result = deadline!(self, self.append_audit(&rows));
+                let _ = ack.send(self.after(result));
+            }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
@@ -646,6 +681,36 @@ impl Writer {
         let tx = client.transaction().await.map_err(pg)?;
         for (key, body) in changes {
             write_record(&tx, namespace, key, body.as_deref()).await?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn append_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        // One statement per chunk, the columns as arrays.
+        let client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        for chunk in rows.chunks(BULK_ROWS) {
+            let seq = chunk.iter().map(|r| common::audit_seq(r.seq)).collect::<Result<Vec<_>, _>>()?;
+            let ts: Vec<i64> = chunk.iter().map(|r| r.time.as_micros()).collect();
+            let text = |f: fn(&AuditRow) -> &str| chunk.iter().map(f).collect::<Vec<_>>();
+            let owner: Vec<Option<&str>> = chunk.iter().map(|r| r.owner.as_deref()).collect();
+            tx.execute(
+                "INSERT INTO audit (seq, ts, subject, action, object, owner, body, hash) SELECT * FROM \
+                 UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+                 $8::TEXT[])",
+                &[
+                    &seq,
+                    &ts,
+                    &text(|r| &r.subject),
+                    &text(|r| &r.action),
+                    &text(|r| &r.object),
+                    &owner,
+                    &text(|r| &r.body),
+                    &text(|r| &r.hash),
+                ],
+            )
+            .await
+            .map_err(pg)?;
         }
         tx.commit().await.map_err(pg)
     }
@@ -857,6 +922,44 @@ impl Store for PostgresStore {
     async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let (namespace, key) = (namespace.to_owned(), key.to_owned());
         self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
+    }
+
+    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
+        self.writer.call(|ack| Command::AppendAudit(rows, ack)).await
+    }
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let after = common::audit_seq(query.after)?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        within(async {
+            let client = self.reader().await?;
+            let rows = client
+                .query(
+                    &postgres_placeholders(common::SELECT_AUDIT),
+                    &[
+                        &after,
+                        &query.subject,
+                        &query.action,
+                        &query.owner,
+                        &query.from.map(Timestamp::as_micros),
+                        &query.to.map(Timestamp::as_micros),
+                        &limit,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            rows.iter().map(audit_row).collect()
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError> {
+        within(async {
+            let client = self.reader().await?;
+            let row = client.query_opt(common::SELECT_AUDIT_HEAD, &[]).await.map_err(pg)?;
+            row.as_ref().map(audit_row).transpose()
+        })
+        .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -21,8 +21,8 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store, StoreError, TokenRecord,
-    WriteBatch,
+    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store,
+    StoreError, TokenRecord, WriteBatch,
     common::{
         self, Ack, BucketRow, Command, EncodedDeclaration, GroupRows, MAX_GROUP, RESOURCE_COLUMNS, ResourceRow,
         SCHEMA_VERSION, SQLITE, Step, WriterHandle,
@@ -152,6 +152,18 @@ CREATE TABLE IF NOT EXISTS records (
     body TEXT NOT NULL,
     PRIMARY KEY (namespace, key)
 );
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    owner TEXT,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_subject ON audit (subject, seq);
+CREATE INDEX IF NOT EXISTS audit_owner ON audit (owner, seq) WHERE owner IS NOT NULL;
 ";
 
 const UPSERT_DECLARATION: &str = "INSERT INTO resources (provider, service, resource, kind, type, unit, metadata, \
@@ -488,9 +500,39 @@ impl Writer {
                     self.conn.execute("DELETE FROM records WHERE namespace = ?1 AND key = ?2", [namespace, key]);
                 let _ = ack.send(result.map(|n| n > 0).map_err(db));
             }
+            Command::AppendAudit(rows, ack) => {
+                let _ = ack.send(self.append_audit(&rows));
+            }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
+    }
+
+    fn append_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO audit (seq, ts, subject, action, object, owner, body, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(db)?;
+            for row in rows {
+                insert
+                    .execute(params![
+                        common::audit_seq(row.seq)?,
+                        row.time.as_micros(),
+                        row.subject,
+                        row.action,
+                        row.object,
+                        row.owner,
+                        row.body,
+                        row.hash
+                    ])
+                    .map_err(db)?;
+            }
+        }
+        tx.commit().map_err(db)
     }
 
     fn write_records(&mut self, namespace: &str, changes: Vec<(String, Option<String>)>) -> Result<(), StoreError> {
@@ -660,6 +702,20 @@ fn resolve(conn: &Connection, path: &ResourcePath, value: &Value) -> Result<i64,
         return Ok(rid);
     }
     declare(conn, path, &common::first_sight(path, value)?)
+}
+
+fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    let seq: i64 = row.get(0)?;
+    Ok(AuditRow {
+        seq: u64::try_from(seq).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, seq))?,
+        time: Timestamp::from_micros(row.get(1)?),
+        subject: row.get(2)?,
+        action: row.get(3)?,
+        object: row.get(4)?,
+        owner: row.get(5)?,
+        body: row.get(6)?,
+        hash: row.get(7)?,
+    })
 }
 
 fn read_tokens(conn: &Connection) -> Result<Vec<TokenRecord>, StoreError> {
@@ -846,6 +902,44 @@ impl Store for SqliteStore {
     async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError> {
         let (namespace, key) = (namespace.to_owned(), key.to_owned());
         self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
+    }
+
+    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
+        self.writer.call(|ack| Command::AppendAudit(rows, ack)).await
+    }
+
+    async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
+        let after = common::audit_seq(query.after)?;
+        self.reads
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(common::SELECT_AUDIT).map_err(db)?;
+                let rows = stmt
+                    .query_map(
+                        params![
+                            after,
+                            query.subject,
+                            query.action,
+                            query.owner,
+                            query.from.map(Timestamp::as_micros),
+                            query.to.map(Timestamp::as_micros),
+                            i64::try_from(query.limit).unwrap_or(i64::MAX)
+                        ],
+                        audit_row,
+                    )
+                    .map_err(db)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db)
+            })
+            .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditRow>, StoreError> {
+        self.reads
+            .run(|conn| {
+                conn.prepare_cached(common::SELECT_AUDIT_HEAD)
+                    .and_then(|mut stmt| stmt.query_row([], audit_row).optional())
+                    .map_err(db)
+            })
+            .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -1,0 +1,244 @@
+//! What the API writes to the audit log, and the log's own endpoints.
+//!
+//! Three things are recorded: every request that changes something (any method but GET, HEAD and OPTIONS,
+//! except the read-only checks below), with its outcome; every read of personal or confidential data (allowed
+//! or denied, resource by resource; a live stream once per resource it delivers); and every failed
+//! authentication. Reads of other data are not recorded.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{FromRequestParts, Query, Request, State},
+    http::Method,
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use hub_audit::{Checkpoint, Decision, Entry, Record};
+use hub_model::{Glob, Timestamp};
+use hub_policy::{Action, DataClass, ResolvedLabels};
+use hub_store::AuditQuery;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState, auth::Caller, body::JsonBody};
+
+/// POSTs that only ask a question: not recorded.
+const READ_ONLY_POSTS: [&str; 3] = ["/api/v1/policy/check", "/api/v1/policy/explain", "/api/v1/rules/validate"];
+
+/// Largest page of `GET /audit`.
+const MAX_PAGE: usize = 1_000;
+
+/// Notes a read decision when the object holds personal or confidential data.
+pub(crate) fn note_read(state: &AppState, caller: &Caller, object: &str, allowed: bool, labels: &ResolvedLabels) {
+    let Some(class) = labels.class.as_ref().map(|c| c.value) else { return };
+    if !matches!(class, DataClass::Personal | DataClass::Confidential) {
+        return;
+    }
+    let decision = if allowed { Decision::Allowed } else { Decision::Denied };
+    let owner = labels.owner.as_ref().filter(|_| class == DataClass::Personal).map(|o| o.value.clone());
+    let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "read", object, decision)
+        .owned_by(owner)
+        .with_detail(format!("{class} data"));
+    state.audit.record(entry);
+}
+
+/// Whether the caller may read `object`; a read of personal or confidential data is recorded.
+pub(crate) fn read_allowed(state: &AppState, caller: &Caller, object: &str) -> bool {
+    let (allowed, labels) = state.policy.decide(&caller.0, object, Action::Read);
+    note_read(state, caller, object, allowed, &labels);
+    allowed
+}
+
+/// Records a failed authentication.
+pub(crate) fn note_rejected_credentials(state: &AppState, detail: &str) {
+    let entry = Entry::new("unknown", Vec::new(), "authenticate", "credentials", Decision::Denied).with_detail(detail);
+    state.audit.record(entry);
+}
+
+/// Middleware: records every request that changes something, with who made it and how it ended. The caller is
+/// authenticated here once and handed to the handler.
+pub(crate) async fn record_changes(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || READ_ONLY_POSTS.contains(&request.uri().path())
+    {
+        return next.run(request).await;
+    }
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(e) => return e.into_response(),
+    };
+    parts.extensions.insert(caller.clone());
+    let object = parts.uri.path().strip_prefix("/api/v1").unwrap_or(parts.uri.path()).to_owned();
+    let response = next.run(Request::from_parts(parts, body)).await;
+    let status = response.status();
+    let decision = match status.as_u16() {
+        200..=399 => Decision::Allowed,
+        401 | 403 => Decision::Denied,
+        _ => Decision::Failed,
+    };
+    let action = method.as_str().to_ascii_lowercase();
+    let entry =
+        Entry::new(caller.0.subject, caller.0.roles, action, object, decision).with_detail(status.as_u16().to_string());
+    state.audit.record(entry);
+    response
+}
+
+/// The entries, oldest first: all of them for a caller who may read `audit`, otherwise those about the caller's
+/// own personal data.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(
+        ("subject" = Option<String>, Query, description = "who acted"),
+        ("action" = Option<String>, Query, description = "read, put, post, delete, authenticate"),
+        ("object" = Option<String>, Query, description = "glob over objects"),
+        ("owner" = Option<String>, Query, description = "whose personal data"),
+        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("after" = Option<u64>, Query, description = "only entries after this sequence number (the `next` of a page)"),
+        ("limit" = Option<usize>, Query, description = "1 to 1000, default 100")),
+    responses((status = 200, description = "`{entries, next}`"), (status = 400), (status = 401)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    const ACCEPTED: [&str; 8] = ["subject", "action", "object", "owner", "from", "to", "after", "limit"];
+    if let Some(unknown) = q.keys().find(|k| !ACCEPTED.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(unknown.clone(), format!("accepted: {}", ACCEPTED.join(", "))));
+    }
+    if caller.is_anonymous() {
+        return Err(ApiError::unauthorized("authentication required: send Authorization: Bearer <token>, or sign in"));
+    }
+    let time = |key: &str| {
+        q.get(key)
+            .map(|t| Timestamp::parse_rfc3339(t).map_err(|e| ApiError::bad_request(key, e.to_string())))
+            .transpose()
+    };
+    let number = |key: &str| {
+        q.get(key).map(|n| n.parse::<u64>().map_err(|_| ApiError::bad_request(key, "a whole number"))).transpose()
+    };
+    let limit = match number("limit")? {
+        None => 100,
+        Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
+        Some(_) => return Err(ApiError::bad_request("limit", format!("limit is from 1 to {MAX_PAGE}"))),
+    };
+    // Everyone may ask about their own data; everything else needs a permission to read `audit`.
+    let own = state.policy.owner_name(&caller.0);
+    let owner = if state.policy.check(&caller.0, "audit", Action::Read) {
+        q.get("owner").cloned()
+    } else {
+        match q.get("owner") {
+            Some(owner) if *owner != own => {
+                return Err(ApiError::forbidden(format!(
+                    "{} may read the entries about its own data only (owner={own})",
+                    caller.0.subject
+                )));
+            }
+            _ => Some(own),
+        }
+    };
+    let object = q.get("object").map(|g| Glob::new(g));
+    // What was recorded before this request is part of the answer.
+    state.audit.flush().await.map_err(|e| ApiError::unavailable(&e))?;
+    let mut query = AuditQuery {
+        after: number("after")?.unwrap_or(0),
+        limit,
+        subject: q.get("subject").cloned(),
+        action: q.get("action").cloned(),
+        owner,
+        from: time("from")?,
+        to: time("to")?,
+    };
+    // The object glob is applied here; pages are read until this one is full or the log ends.
+    let mut entries = Vec::new();
+    let mut last = None;
+    loop {
+        let rows = state.audit.store().audit(query.clone()).await.map_err(|e| ApiError::unavailable(&e))?;
+        let exhausted = rows.len() < query.limit;
+        for row in &rows {
+            last = Some(row.seq);
+            if object.as_ref().is_some_and(|g| !g.matches(&row.object)) {
+                continue;
+            }
+            entries.push(Record::from_row(row).map_err(|e| ApiError::internal(&e))?);
+            if entries.len() == limit {
+                break;
+            }
+        }
+        if exhausted || entries.len() == limit {
+            let next = if exhausted && entries.len() < limit { None } else { last };
+            return Ok(Json(json!({ "entries": entries, "next": next })));
+        }
+        query.after = last.unwrap_or(query.after);
+    }
+}
+
+/// The body of `POST /audit/verify`: checkpoints kept outside the hub, checked with the others.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    /// Published checkpoints.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// Verifies the whole log against its chain and its checkpoints; names the first entry that changed.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, description = "`{ok, entries, head, checkpoints, covered, problem}`"), (status = 401), (status = 403)))]
+pub async fn verify(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    verify_with(&state, &caller, &[]).await
+}
+
+/// Like `GET /audit/verify`, with published checkpoints as well.
+#[utoipa::path(post, path = "/api/v1/audit/verify", tag = "audit", request_body = VerifyBody,
+    responses((status = 200, description = "`{ok, entries, head, checkpoints, covered, problem}`"), (status = 400), (status = 401), (status = 403)))]
+pub async fn verify_published(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<VerifyBody>,
+) -> Result<Json<Value>, ApiError> {
+    verify_with(&state, &caller, &body.checkpoints).await
+}
+
+async fn verify_with(state: &AppState, caller: &Caller, published: &[Checkpoint]) -> Result<Json<Value>, ApiError> {
+    crate::auth::authorize(state, caller, "audit", Action::Read)?;
+    // What was recorded before the request is part of what is checked.
+    state.audit.flush().await.map_err(|e| ApiError::unavailable(&e))?;
+    let report = hub_audit::verify(&**state.audit.store(), &state.audit.public_key(), published)
+        .await
+        .map_err(|e| ApiError::unavailable(&e))?;
+    Ok(Json(json!(report)))
+}
+
+/// The newest signed checkpoint, to be kept outside the hub.
+#[utoipa::path(get, path = "/api/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, description = "a signed checkpoint document"), (status = 401), (status = 403), (status = 404)))]
+pub async fn latest_checkpoint(State(state): State<AppState>, caller: Caller) -> Result<Json<Checkpoint>, ApiError> {
+    crate::auth::authorize(&state, &caller, "audit", Action::Read)?;
+    match state.audit.latest_checkpoint().await.map_err(|e| ApiError::unavailable(&e))? {
+        Some(checkpoint) => Ok(Json(checkpoint)),
+        None => Err(ApiError::not_found("no checkpoint yet: the log is empty or has not been signed")),
+    }
+}
+
+/// Signs a checkpoint of everything recorded so far and returns it.
+#[utoipa::path(post, path = "/api/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, description = "a signed checkpoint document"), (status = 401), (status = 403), (status = 409)))]
+pub async fn sign_checkpoint(State(state): State<AppState>, caller: Caller) -> Result<Json<Checkpoint>, ApiError> {
+    crate::auth::authorize(&state, &caller, "audit", Action::Admin)?;
+    match state.audit.checkpoint().await {
+        Ok(checkpoint) => Ok(Json(checkpoint)),
+        Err(e) => Err(ApiError::conflict(e.to_string())),
+    }
+}
+
+/// The public key the hub's checkpoints verify with, for whoever checks the log (also printed by
+/// `hub audit public-key`).
+#[utoipa::path(get, path = "/api/v1/audit/key", tag = "audit",
+    responses((status = 200, description = "`{algorithm, public_key}` (Ed25519, hex)"), (status = 401), (status = 403)))]
+pub async fn public_key(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    crate::auth::authorize(&state, &caller, "audit", Action::Read)?;
+    let key = hub_audit::public_key_hex(&state.audit.public_key());
+    Ok(Json(json!({ "algorithm": "Ed25519", "public_key": key })))
+}

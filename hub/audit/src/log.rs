@@ -1,0 +1,283 @@
+//! The writer: one task numbers, chains and stores entries in batches, and signs checkpoints.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hub_model::Timestamp;
+use hub_store::Store;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use crate::{
+    AuditError, CHECKPOINTS, Checkpoint, Entry, SigningKey, VerifyingKey,
+    entry::{GENESIS, row},
+};
+
+/// How the log batches and checkpoints.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Sign a checkpoint once this many entries were appended since the last one. Default: 1,000.
+    pub checkpoint_every: u64,
+    /// Sign a checkpoint at least this often while entries arrive. Default: 60 s.
+    pub checkpoint_interval: Duration,
+    /// Entries waiting for the writer before [`AuditLog::record`] waits too. Default: 65,536.
+    pub queue: usize,
+    /// Most entries in one durable append. Default: 4,096.
+    pub max_batch: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(60),
+            queue: 65_536,
+            max_batch: 4_096,
+        }
+    }
+}
+
+enum Message {
+    Entry(Timestamp, Entry),
+    /// Answered with the newest `seq` once everything before is durable.
+    Flush(oneshot::Sender<u64>),
+    /// Answered with a fresh checkpoint of everything before.
+    Checkpoint(oneshot::Sender<Result<Checkpoint, String>>),
+}
+
+/// The audit log of a hub. Cheap to clone; every clone appends to the same chain.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Message>,
+    store: Arc<dyn Store>,
+    key: VerifyingKey,
+    /// The newest durable `seq`.
+    head: Arc<AtomicU64>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("head", &self.head()).finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens the log kept in `store`: the chain goes on from the stored head. Checkpoints are signed with `key`.
+    pub async fn open(store: Arc<dyn Store>, key: SigningKey, options: AuditOptions) -> Result<AuditLog, AuditError> {
+        let (seq, hash) = match store.audit_head().await? {
+            Some(head) => (head.seq, head.hash),
+            None => (0, GENESIS.to_owned()),
+        };
+        let checkpointed = latest(&*store).await?.map_or(0, |c| c.seq);
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let head = Arc::new(AtomicU64::new(seq));
+        let verifying = key.verifying_key();
+        let writer =
+            Writer { store: Arc::clone(&store), key, options, seq, hash, checkpointed, head: Arc::clone(&head) };
+        let task = tokio::spawn(writer.run(rx));
+        Ok(AuditLog { inner: Arc::new(Inner { tx, store, key: verifying, head, task: Mutex::new(Some(task)) }) })
+    }
+
+    /// Appends an entry, stamped now, without waiting: callers may hold locks. Entries are never dropped: when
+    /// the writer is `queue` entries behind (a store outage), the entry waits in a task of its own.
+    pub fn record(&self, entry: Entry) {
+        match self.inner.tx.try_send(Message::Entry(Timestamp::now(), entry)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                let tx = self.inner.tx.clone();
+                tokio::spawn(async move {
+                    if tx.send(message).await.is_err() {
+                        tracing::error!(target: "hub::audit", "an entry arrived after the audit log was closed");
+                    }
+                });
+            }
+            // Only after `close`, while the hub shuts down.
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(target: "hub::audit", "an entry arrived after the audit log was closed");
+            }
+        }
+    }
+
+    /// Waits until every entry recorded before is durable; returns the newest `seq`.
+    pub async fn flush(&self) -> Result<u64, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.tx.send(Message::Flush(tx)).await.map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)
+    }
+
+    /// Signs and stores a checkpoint of everything recorded before, and returns it (to be published).
+    pub async fn checkpoint(&self) -> Result<Checkpoint, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.tx.send(Message::Checkpoint(tx)).await.map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?.map_err(AuditError::Checkpoint)
+    }
+
+    /// The newest stored checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        latest(&*self.inner.store).await
+    }
+
+    /// The key checkpoints verify with.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.inner.key
+    }
+
+    /// The newest durable `seq` (0: empty).
+    pub fn head(&self) -> u64 {
+        self.inner.head.load(Ordering::Acquire)
+    }
+
+    /// Where the log is kept.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// Stores what is queued, signs a last checkpoint and stops the writer. Later entries are refused (logged).
+    pub async fn close(&self) {
+        if let Err(e) = self.checkpoint().await {
+            tracing::debug!(target: "hub::audit", error = %e, "no checkpoint at close");
+        }
+        let task = self.inner.task.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// The newest checkpoint in `store`.
+pub(crate) async fn latest(store: &dyn Store) -> Result<Option<Checkpoint>, AuditError> {
+    match store.records(CHECKPOINTS).await?.pop() {
+        Some((_, body)) => Checkpoint::from_json(&body).map(Some),
+        None => Ok(None),
+    }
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    key: SigningKey,
+    options: AuditOptions,
+    /// The newest numbered entry and its hash (durable once `pending` is empty).
+    seq: u64,
+    hash: String,
+    /// The entry the newest checkpoint covers.
+    checkpointed: u64,
+    head: Arc<AtomicU64>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut ticker = tokio::time::interval(self.options.checkpoint_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut messages = Vec::with_capacity(self.options.max_batch);
+        loop {
+            tokio::select! {
+                received = rx.recv_many(&mut messages, self.options.max_batch) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+                _ = ticker.tick() => {
+                    if self.seq > self.checkpointed {
+                        // A failure is logged; the next checkpoint covers these entries too.
+                        let _ = self.sign_and_store().await;
+                    }
+                    continue;
+                }
+            }
+            let mut rows = Vec::with_capacity(messages.len());
+            let mut waiting = Vec::new();
+            for message in messages.drain(..) {
+                match message {
+                    Message::Entry(time, entry) => {
+                        self.seq += 1;
+                        let row = row(self.seq, time, &self.hash, entry);
+                        self.hash.clone_from(&row.hash);
+                        rows.push(row);
+                    }
+                    other => waiting.push(other),
+                }
+            }
+            if !rows.is_empty() {
+                // Checkpoints fall on every `checkpoint_every`-th entry after the last one.
+                let due: Vec<(u64, String)> = rows
+                    .iter()
+                    .filter(|row| (row.seq - self.checkpointed).is_multiple_of(self.options.checkpoint_every.max(1)))
+                    .map(|row| (row.seq, row.hash.clone()))
+                    .collect();
+                self.persist(rows).await;
+                for (seq, hash) in due {
+                    let _ = self.sign(seq, &hash).await;
+                }
+            }
+            for message in waiting {
+                match message {
+                    Message::Flush(ack) => {
+                        let _ = ack.send(self.seq);
+                    }
+                    Message::Checkpoint(ack) => {
+                        let _ = ack.send(self.sign_and_store().await);
+                    }
+                    Message::Entry(..) => unreachable!("entries were numbered above"),
+                }
+            }
+        }
+    }
+
+    /// Appends until the store takes the rows: the chain cannot skip them. Meanwhile new entries wait in the
+    /// queue (and, once it is full, their callers wait).
+    async fn persist(&mut self, rows: Vec<hub_store::AuditRow>) {
+        let mut backoff = Duration::from_millis(50);
+        let last = rows.last().map_or(self.seq, |r| r.seq);
+        loop {
+            match self.store.append_audit(rows.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(target: "hub::audit", error = %e, entries = rows.len(), "storing audit entries failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.head.store(last, Ordering::Release);
+    }
+
+    /// Signs a checkpoint of the newest entry and stores it.
+    async fn sign_and_store(&mut self) -> Result<Checkpoint, String> {
+        if self.seq == 0 {
+            return Err("the audit log is empty: there is nothing to sign".into());
+        }
+        let hash = self.hash.clone();
+        self.sign(self.seq, &hash).await
+    }
+
+    /// Signs a checkpoint of the stored entry `seq` with hash `hash`, and stores it.
+    async fn sign(&mut self, seq: u64, hash: &str) -> Result<Checkpoint, String> {
+        let checkpoint = Checkpoint::sign(&self.key, seq, hash, Timestamp::now());
+        let body = serde_json::to_string(&checkpoint).map_err(|e| e.to_string())?;
+        match self.store.put_record(CHECKPOINTS, &format!("{:020}", checkpoint.seq), &body).await {
+            Ok(()) => {
+                self.checkpointed = checkpoint.seq;
+                Ok(checkpoint)
+            }
+            Err(e) => {
+                // The next one covers these entries too.
+                tracing::error!(target: "hub::audit", error = %e, "storing an audit checkpoint failed");
+                Err(format!("storing the checkpoint failed: {e}"))
+            }
+        }
+    }
+}
