@@ -2,8 +2,8 @@
 //!
 //! Three things are recorded: every request that changes something (any method but GET, HEAD and OPTIONS,
 //! except the read-only checks below), with its outcome; every read of personal or confidential data (allowed
-//! or denied, resource by resource; a live stream once per resource it delivers); and every failed
-//! authentication. Reads of other data are not recorded.
+//! or denied when asked for directly; shown, in listings; a live stream once per resource it delivers); and every
+//! failed authentication. Reads of other data are not recorded.
 
 use std::collections::HashMap;
 
@@ -42,10 +42,13 @@ pub(crate) fn note_read(state: &AppState, caller: &Caller, object: &str, allowed
     state.audit.record(entry);
 }
 
-/// Whether the caller may read `object`; a read of personal or confidential data is recorded.
+/// Whether a listing may show `object` to the caller; showing personal or confidential data is recorded. What a
+/// listing leaves out is not: filtering is no attempt to read (a direct read that is denied is recorded).
 pub(crate) fn read_allowed(state: &AppState, caller: &Caller, object: &str) -> bool {
     let (allowed, labels) = state.policy.decide(&caller.0, object, Action::Read);
-    note_read(state, caller, object, allowed, &labels);
+    if allowed {
+        note_read(state, caller, object, allowed, &labels);
+    }
     allowed
 }
 
