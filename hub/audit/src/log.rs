@@ -9,7 +9,7 @@ use std::{
 };
 
 use hub_model::Timestamp;
-use hub_store::Store;
+use hub_store::{RecordWrite, Store};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -157,6 +157,13 @@ impl AuditLog {
     }
 }
 
+/// How a checkpoint is stored: under its zero-padded `seq`, so that records list in order.
+fn record(checkpoint: &Checkpoint) -> RecordWrite {
+    // Serialising strings and numbers cannot fail.
+    let body = serde_json::to_string(checkpoint).expect("a checkpoint serialises");
+    RecordWrite { namespace: CHECKPOINTS.to_owned(), key: format!("{:020}", checkpoint.seq), body: Some(body) }
+}
+
 /// The newest checkpoint in `store`.
 pub(crate) async fn latest(store: &dyn Store) -> Result<Option<Checkpoint>, AuditError> {
     match store.records(CHECKPOINTS).await?.pop() {
@@ -212,15 +219,17 @@ impl Writer {
                 }
             }
             if !rows.is_empty() {
-                // Checkpoints fall on every `checkpoint_every`-th entry after the last one.
-                let due: Vec<(u64, String)> = rows
+                // Checkpoints fall on every `checkpoint_every`-th entry after the last one; they are stored in
+                // the transaction of the entries they sign.
+                let every = self.options.checkpoint_every.max(1);
+                let checkpoints: Vec<Checkpoint> = rows
                     .iter()
-                    .filter(|row| (row.seq - self.checkpointed).is_multiple_of(self.options.checkpoint_every.max(1)))
-                    .map(|row| (row.seq, row.hash.clone()))
+                    .filter(|row| (row.seq - self.checkpointed).is_multiple_of(every))
+                    .map(|row| Checkpoint::sign(&self.key, row.seq, &row.hash, Timestamp::now()))
                     .collect();
-                self.persist(rows).await;
-                for (seq, hash) in due {
-                    let _ = self.sign(seq, &hash).await;
+                self.persist(rows.into(), &checkpoints).await;
+                if let Some(last) = checkpoints.last() {
+                    self.checkpointed = last.seq;
                 }
             }
             for message in waiting {
@@ -239,11 +248,12 @@ impl Writer {
 
     /// Appends until the store takes the rows: the chain cannot skip them. Meanwhile new entries wait in the
     /// queue (and, once it is full, their callers wait).
-    async fn persist(&mut self, rows: Vec<hub_store::AuditRow>) {
+    async fn persist(&mut self, rows: Arc<[hub_store::AuditRow]>, checkpoints: &[Checkpoint]) {
         let mut backoff = Duration::from_millis(50);
         let last = rows.last().map_or(self.seq, |r| r.seq);
+        let records: Vec<RecordWrite> = checkpoints.iter().map(record).collect();
         loop {
-            match self.store.append_audit(rows.clone()).await {
+            match self.store.append_audit(Arc::clone(&rows), records.clone()).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(target: "hub::audit", error = %e, entries = rows.len(), "storing audit entries failed; retrying");
@@ -260,15 +270,9 @@ impl Writer {
         if self.seq == 0 {
             return Err("the audit log is empty: there is nothing to sign".into());
         }
-        let hash = self.hash.clone();
-        self.sign(self.seq, &hash).await
-    }
-
-    /// Signs a checkpoint of the stored entry `seq` with hash `hash`, and stores it.
-    async fn sign(&mut self, seq: u64, hash: &str) -> Result<Checkpoint, String> {
-        let checkpoint = Checkpoint::sign(&self.key, seq, hash, Timestamp::now());
-        let body = serde_json::to_string(&checkpoint).map_err(|e| e.to_string())?;
-        match self.store.put_record(CHECKPOINTS, &format!("{:020}", checkpoint.seq), &body).await {
+        let checkpoint = Checkpoint::sign(&self.key, self.seq, &self.hash, Timestamp::now());
+        let RecordWrite { namespace, key, body } = record(&checkpoint);
+        match self.store.put_record(&namespace, &key, &body.unwrap_or_default()).await {
             Ok(()) => {
                 self.checkpointed = checkpoint.seq;
                 Ok(checkpoint)

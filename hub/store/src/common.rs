@@ -45,7 +45,7 @@ pub(crate) enum Command {
         ack: Ack<bool>,
     },
     /// Audit rows, appended in one transaction.
-    AppendAudit(Vec<crate::AuditRow>, Ack<()>),
+    AppendAudit(Arc<[crate::AuditRow]>, Vec<crate::RecordWrite>, Ack<()>),
     /// Flush what came before, then stop.
     Close(Ack<()>),
 }
@@ -87,7 +87,7 @@ pub(crate) fn refuse(command: Command) {
         | Command::PutToken(_, ack)
         | Command::SavePolicy(_, ack)
         | Command::WriteRecords { ack, .. }
-        | Command::AppendAudit(_, ack)
+        | Command::AppendAudit(_, _, ack)
         | Command::Close(ack) => {
             let _ = ack.send(Err(StoreError::Closed));
         }

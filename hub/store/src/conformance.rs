@@ -674,8 +674,11 @@ pub async fn audit_rows_append_filter_and_survive(h: Arc<dyn Harness>) {
             audit_row(seq, subject, if seq <= 3 { "read" } else { "write" }, (seq == 4).then_some("carol"))
         })
         .collect();
-    store.append_audit(rows[..4].to_vec()).await.unwrap();
-    store.append_audit(rows[4..].to_vec()).await.unwrap();
+    store.append_audit(rows[..4].into(), Vec::new()).await.unwrap();
+    let checkpoint =
+        RecordWrite { namespace: "audit.checkpoints".into(), key: "6".into(), body: Some("signed".into()) };
+    store.append_audit(rows[4..].into(), vec![checkpoint]).await.unwrap();
+    assert_eq!(store.records("audit.checkpoints").await.unwrap(), [("6".to_owned(), "signed".to_owned())]);
     let all = |after| AuditQuery { after, limit: 100, ..AuditQuery::default() };
     assert_eq!(store.audit(all(0)).await.unwrap(), rows);
     assert_eq!(store.audit(all(4)).await.unwrap(), rows[4..]);
@@ -691,7 +694,9 @@ pub async fn audit_rows_append_filter_and_survive(h: Arc<dyn Harness>) {
     assert_eq!(seqs(store.audit(window).await.unwrap()), [2, 3, 4]);
 
     let clash = vec![audit_row(7, "eve", "read", None), audit_row(3, "eve", "read", None)];
-    assert!(store.append_audit(clash).await.is_err(), "a stored seq fails the append");
+    let late = RecordWrite { namespace: "audit.checkpoints".into(), key: "7".into(), body: Some("late".into()) };
+    assert!(store.append_audit(clash.into(), vec![late]).await.is_err(), "a stored seq fails the append");
+    assert_eq!(store.records("audit.checkpoints").await.unwrap().len(), 1, "nor its records");
     assert_eq!(store.audit_head().await.unwrap().as_ref(), rows.last(), "nothing of the failed append is kept");
     store.close().await.unwrap();
 

@@ -329,9 +329,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one record. Returns whether it existed.
     async fn delete_record(&self, namespace: &str, key: &str) -> Result<bool, StoreError>;
 
-    /// Appends audit rows durably, in one transaction. Rows must continue the log: a `seq` already stored fails
-    /// the whole append.
-    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError>;
+    /// Appends audit rows durably, in one transaction with `records` (the log's checkpoints). Rows must continue
+    /// the log: a `seq` already stored fails the whole append. Shared, so that a writer can retry the same rows.
+    async fn append_audit(&self, rows: Arc<[AuditRow]>, records: Vec<RecordWrite>) -> Result<(), StoreError>;
 
     /// Audit rows in ascending `seq`, as the query selects.
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError>;

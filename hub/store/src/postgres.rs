@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Statement, Transaction, types::ToSql};
 
 use crate::{
-    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store,
-    StoreError, TokenRecord, WriteBatch,
+    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RecordWrite, RetentionOutcome, Rollup,
+    Store, StoreError, TokenRecord, WriteBatch,
     common::{
         self, Ack, BULK_ROWS, BucketRow, Command, EncodedDeclaration, GroupRows, HistoryRow, MAX_GROUP, POSTGRES,
         RESOURCE_COLUMNS, ResourceRow, SCHEMA_VERSION, Step, WriterHandle,
@@ -559,8 +559,8 @@ impl Writer {
                 let result = deadline!(self, self.delete_record(&namespace, &key));
                 let _ = ack.send(self.after(result));
             }
-            Command::AppendAudit(rows, ack) => {
-                let result = deadline!(self, self.append_audit(&rows));
+            Command::AppendAudit(rows, records, ack) => {
+                let result = deadline!(self, self.append_audit(&rows, &records));
                 let _ = ack.send(self.after(result));
             }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
@@ -685,7 +685,7 @@ impl Writer {
         tx.commit().await.map_err(pg)
     }
 
-    async fn append_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+    async fn append_audit(&mut self, rows: &[AuditRow], records: &[RecordWrite]) -> Result<(), StoreError> {
         // One statement per chunk, the columns as arrays.
         let client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
@@ -711,6 +711,9 @@ impl Writer {
             )
             .await
             .map_err(pg)?;
+        }
+        for record in records {
+            write_record(&tx, &record.namespace, &record.key, record.body.as_deref()).await?;
         }
         tx.commit().await.map_err(pg)
     }
@@ -924,8 +927,8 @@ impl Store for PostgresStore {
         self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
     }
 
-    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
-        self.writer.call(|ack| Command::AppendAudit(rows, ack)).await
+    async fn append_audit(&self, rows: Arc<[AuditRow]>, records: Vec<RecordWrite>) -> Result<(), StoreError> {
+        self.writer.call(|ack| Command::AppendAudit(rows, records, ack)).await
     }
 
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError> {

@@ -21,8 +21,8 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RetentionOutcome, Rollup, Store,
-    StoreError, TokenRecord, WriteBatch,
+    AuditQuery, AuditRow, Bucket, DownsampleQuery, HistoryPage, HistoryQuery, RecordWrite, RetentionOutcome, Rollup,
+    Store, StoreError, TokenRecord, WriteBatch,
     common::{
         self, Ack, BucketRow, Command, EncodedDeclaration, GroupRows, MAX_GROUP, RESOURCE_COLUMNS, ResourceRow,
         SCHEMA_VERSION, SQLITE, Step, WriterHandle,
@@ -500,15 +500,15 @@ impl Writer {
                     self.conn.execute("DELETE FROM records WHERE namespace = ?1 AND key = ?2", [namespace, key]);
                 let _ = ack.send(result.map(|n| n > 0).map_err(db));
             }
-            Command::AppendAudit(rows, ack) => {
-                let _ = ack.send(self.append_audit(&rows));
+            Command::AppendAudit(rows, records, ack) => {
+                let _ = ack.send(self.append_audit(&rows, &records));
             }
             // Appends and Close never reach here (see `run`); answer rather than drop them.
             command @ (Command::Append(..) | Command::Close(_)) => common::refuse(command),
         }
     }
 
-    fn append_audit(&mut self, rows: &[AuditRow]) -> Result<(), StoreError> {
+    fn append_audit(&mut self, rows: &[AuditRow], records: &[RecordWrite]) -> Result<(), StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         {
             let mut insert = tx
@@ -531,6 +531,9 @@ impl Writer {
                     ])
                     .map_err(db)?;
             }
+        }
+        for record in records {
+            write_record(&tx, &record.namespace, &record.key, record.body.as_deref())?;
         }
         tx.commit().map_err(db)
     }
@@ -904,8 +907,8 @@ impl Store for SqliteStore {
         self.writer.call(|ack| Command::DeleteRecord { namespace, key, ack }).await
     }
 
-    async fn append_audit(&self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
-        self.writer.call(|ack| Command::AppendAudit(rows, ack)).await
+    async fn append_audit(&self, rows: Arc<[AuditRow]>, records: Vec<RecordWrite>) -> Result<(), StoreError> {
+        self.writer.call(|ack| Command::AppendAudit(rows, records, ack)).await
     }
 
     async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRow>, StoreError> {
