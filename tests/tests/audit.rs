@@ -90,6 +90,8 @@ async fn reads_of_personal_data_are_audited_verifiable_and_tamper_evident() {
     assert_eq!(mine["entries"][1]["roles"], json!(["admin"]), "the role Bob acted under");
     assert_eq!(mine["entries"][0]["owner"], "carol");
     assert_eq!(get_as(&hub, &carol, "/api/v1/audit?owner=dave").await.0, 403, "nobody else's entries");
+    let (status, qualified) = get_as(&hub, &carol, "/api/v1/audit?owner=carol@local").await;
+    assert_eq!((status, summary(&qualified)), (200, summary(&mine)), "her name with the hub's domain is hers");
 
     // The administrator sees the changes, and the failed authentication.
     let (status, changes) = get_as(&hub, &hub.admin, "/api/v1/audit?action=put&object=/providers/*").await;
@@ -97,6 +99,10 @@ async fn reads_of_personal_data_are_audited_verifiable_and_tamper_evident() {
     assert_eq!(summary(&changes), [("admin".into(), "put".into(), "/providers/care-1".into(), "allowed".into())]);
     let (_, ingest) = get_as(&hub, &hub.admin, "/api/v1/audit?action=post&object=/ingest").await;
     assert_eq!(summary(&ingest).len(), 1, "{ingest}");
+    let check = json!({"subject": "bob", "object": "care-1/vitals/pulse", "action": "read"});
+    assert_eq!(hub.post("/api/v1/policy/check", &check).await.unwrap().0, 200);
+    let (_, questions) = get_as(&hub, &hub.admin, "/api/v1/audit?action=post&object=/policy/*").await;
+    assert_eq!(summary(&questions), [], "a question changes nothing and is not recorded");
     let (_, failed) = get_as(&hub, &hub.admin, "/api/v1/audit?action=authenticate").await;
     assert_eq!(summary(&failed).len(), 1, "{failed}");
     assert_eq!(failed["entries"][0]["decision"], "denied");

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::{ApiError, AppState, auth::Caller, body::JsonBody};
 
-/// POSTs that only ask a question: not recorded.
-const READ_ONLY_POSTS: [&str; 3] = ["/api/v1/policy/check", "/api/v1/policy/explain", "/api/v1/rules/validate"];
+/// POSTs that only ask a question: not recorded (paths as the router nested under `/api/v1` sees them).
+const READ_ONLY_POSTS: [&str; 3] = ["/policy/check", "/policy/explain", "/rules/validate"];
 
 /// Largest page of `GET /audit`.
 const MAX_PAGE: usize = 1_000;
@@ -35,7 +35,8 @@ pub(crate) fn note_read(state: &AppState, caller: &Caller, object: &str, allowed
         return;
     }
     let decision = if allowed { Decision::Allowed } else { Decision::Denied };
-    let owner = labels.owner.as_ref().filter(|_| class == DataClass::Personal).map(|o| o.value.clone());
+    let owner =
+        labels.owner.as_ref().filter(|_| class == DataClass::Personal).map(|o| state.policy.canonical(&o.value));
     let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "read", object, decision)
         .owned_by(owner)
         .with_detail(format!("{class} data"));
@@ -62,7 +63,11 @@ pub(crate) fn note_rejected_credentials(state: &AppState, detail: &str) {
 /// authenticated here once and handed to the handler.
 pub(crate) async fn record_changes(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) || READ_ONLY_POSTS.contains(&request.uri().path())
+    // Sign-in and sign-out work without valid credentials (an expired session must still be able to log out).
+    let path = request.uri().path();
+    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || READ_ONLY_POSTS.contains(&path)
+        || path.starts_with("/auth/")
     {
         return next.run(request).await;
     }
@@ -127,11 +132,12 @@ pub async fn list(
     };
     // Everyone may ask about their own data; everything else needs a permission to read `audit`.
     let own = state.policy.owner_name(&caller.0);
+    let asked = q.get("owner").map(|owner| state.policy.canonical(owner));
     let owner = if state.policy.check(&caller.0, "audit", Action::Read) {
-        q.get("owner").cloned()
+        asked
     } else {
-        match q.get("owner") {
-            Some(owner) if *owner != own => {
+        match asked {
+            Some(owner) if owner != own => {
                 return Err(ApiError::forbidden(format!(
                     "{} may read the entries about its own data only (owner={own})",
                     caller.0.subject
@@ -143,9 +149,14 @@ pub async fn list(
     let object = q.get("object").map(|g| Glob::new(g));
     // What was recorded before this request is part of the answer.
     state.audit.flush().await.map_err(|e| ApiError::unavailable(&e))?;
+    let after = number("after")?.unwrap_or(0);
+    if after > i64::MAX as u64 {
+        return Err(ApiError::bad_request("after", "a sequence number of the log"));
+    }
+    // With an object glob, rows are scanned in full pages and filtered here.
     let mut query = AuditQuery {
-        after: number("after")?.unwrap_or(0),
-        limit,
+        after,
+        limit: if object.is_some() { MAX_PAGE } else { limit },
         subject: q.get("subject").cloned(),
         action: q.get("action").cloned(),
         owner,
@@ -158,6 +169,7 @@ pub async fn list(
     loop {
         let rows = state.audit.store().audit(query.clone()).await.map_err(|e| ApiError::unavailable(&e))?;
         let exhausted = rows.len() < query.limit;
+        let mut full = false;
         for row in &rows {
             last = Some(row.seq);
             if object.as_ref().is_some_and(|g| !g.matches(&row.object)) {
@@ -165,11 +177,14 @@ pub async fn list(
             }
             entries.push(Record::from_row(row).map_err(|e| ApiError::internal(&e))?);
             if entries.len() == limit {
+                full = true;
                 break;
             }
         }
-        if exhausted || entries.len() == limit {
-            let next = if exhausted && entries.len() < limit { None } else { last };
+        if exhausted || full {
+            // More may follow unless the log ended within this page.
+            let ended = exhausted && last == rows.last().map(|r| r.seq);
+            let next = if ended { None } else { last };
             return Ok(Json(json!({ "entries": entries, "next": next })));
         }
         query.after = last.unwrap_or(query.after);
@@ -232,7 +247,8 @@ pub async fn sign_checkpoint(State(state): State<AppState>, caller: Caller) -> R
     crate::auth::authorize(&state, &caller, "audit", Action::Admin)?;
     match state.audit.checkpoint().await {
         Ok(checkpoint) => Ok(Json(checkpoint)),
-        Err(e) => Err(ApiError::conflict(e.to_string())),
+        Err(e @ hub_audit::AuditError::Checkpoint(_)) => Err(ApiError::conflict(e.to_string())),
+        Err(e) => Err(ApiError::unavailable(&e)),
     }
 }
 

@@ -50,6 +50,8 @@ enum Message {
     Flush(oneshot::Sender<u64>),
     /// Answered with a fresh checkpoint of everything before.
     Checkpoint(oneshot::Sender<Result<Checkpoint, String>>),
+    /// Store everything before, sign a last checkpoint, answer, and stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// The audit log of a hub. Cheap to clone; every clone appends to the same chain.
@@ -80,7 +82,13 @@ impl AuditLog {
             Some(head) => (head.seq, head.hash),
             None => (0, GENESIS.to_owned()),
         };
-        let checkpointed = latest(&*store).await?.map_or(0, |c| c.seq);
+        let mut checkpointed = latest(&*store).await?.map_or(0, |c| c.seq);
+        if checkpointed > seq {
+            // Entries a checkpoint signed are gone: `verify` reports it; the chain goes on from what is there.
+            tracing::error!(target: "hub::audit", head = seq, checkpoint = checkpointed,
+                "the audit log ends before its newest checkpoint: entries were removed; run hub audit verify");
+            checkpointed = seq;
+        }
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let head = Arc::new(AtomicU64::new(seq));
         let verifying = key.verifying_key();
@@ -144,24 +152,27 @@ impl AuditLog {
         &self.inner.store
     }
 
-    /// Stores what is queued, signs a last checkpoint and stops the writer. Later entries are refused (logged).
+    /// Stores everything recorded before, signs a last checkpoint and stops the writer. Later entries are refused
+    /// (logged). Waits for the store: bound it with a timeout where shutdown has a deadline.
     pub async fn close(&self) {
-        if let Err(e) = self.checkpoint().await {
-            tracing::debug!(target: "hub::audit", error = %e, "no checkpoint at close");
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Message::Close(tx)).await.is_ok() {
+            let _ = rx.await;
         }
         let task = self.inner.task.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(task) = task {
-            task.abort();
             let _ = task.await;
         }
     }
 }
 
-/// How a checkpoint is stored: under its zero-padded `seq`, so that records list in order.
+/// How a checkpoint is stored: under its zero-padded `seq` and signing time, so that records list in order and a
+/// checkpoint never replaces another one (one signed before entries were removed stays evidence).
 fn record(checkpoint: &Checkpoint) -> RecordWrite {
     // Serialising strings and numbers cannot fail.
     let body = serde_json::to_string(checkpoint).expect("a checkpoint serialises");
-    RecordWrite { namespace: CHECKPOINTS.to_owned(), key: format!("{:020}", checkpoint.seq), body: Some(body) }
+    let key = format!("{:020}.{:020}", checkpoint.seq, checkpoint.signed_at);
+    RecordWrite { namespace: CHECKPOINTS.to_owned(), key, body: Some(body) }
 }
 
 /// The newest checkpoint in `store`.
@@ -240,6 +251,13 @@ impl Writer {
                     Message::Checkpoint(ack) => {
                         let _ = ack.send(self.sign_and_store().await);
                     }
+                    Message::Close(ack) => {
+                        if self.seq > self.checkpointed {
+                            let _ = self.sign_and_store().await;
+                        }
+                        let _ = ack.send(());
+                        return;
+                    }
                     Message::Entry(..) => unreachable!("entries were numbered above"),
                 }
             }
@@ -255,6 +273,8 @@ impl Writer {
         loop {
             match self.store.append_audit(Arc::clone(&rows), records.clone()).await {
                 Ok(()) => break,
+                // The commit may have happened although the answer was lost (a deadline, a broken connection).
+                Err(_) if self.stored(rows.last()).await => break,
                 Err(e) => {
                     tracing::error!(target: "hub::audit", error = %e, entries = rows.len(), "storing audit entries failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -263,6 +283,16 @@ impl Writer {
             }
         }
         self.head.store(last, Ordering::Release);
+    }
+
+    /// Whether `row` is in the store already, with its hash.
+    async fn stored(&self, row: Option<&hub_store::AuditRow>) -> bool {
+        let Some(row) = row else { return true };
+        let query = hub_store::AuditQuery { after: row.seq - 1, limit: 1, ..hub_store::AuditQuery::default() };
+        match self.store.audit(query).await {
+            Ok(found) => found.first().is_some_and(|found| found.seq == row.seq && found.hash == row.hash),
+            Err(_) => false,
+        }
     }
 
     /// Signs a checkpoint of the newest entry and stores it.

@@ -64,19 +64,20 @@ pub struct Report {
 /// yet). Checkpoints every so many entries and seconds, kept outside the hub, bound that window.
 pub async fn verify(store: &dyn Store, key: &VerifyingKey, published: &[Checkpoint]) -> Result<Report, AuditError> {
     let mut report = Report { ok: false, entries: 0, head: None, checkpoints: 0, covered: 0, problem: None };
-    // The checkpoints, by the entry they cover; a bad signature is a problem of its own.
-    let mut signed: BTreeMap<u64, Checkpoint> = BTreeMap::new();
+    // The checkpoints, by the entry they cover (several may name one entry); a bad signature is a problem of its
+    // own, located by the entry the checkpoint names (or its record's key when it does not parse).
+    let mut signed: BTreeMap<u64, Vec<Checkpoint>> = BTreeMap::new();
     let stored = store.records(CHECKPOINTS).await?;
-    let stored = stored.iter().map(|(key, body)| (key.as_str(), Checkpoint::from_json(body)));
-    let published = published.iter().map(|c| ("published", Ok(c.clone())));
-    for (name, checkpoint) in stored.chain(published) {
+    let stored = stored.iter().map(|(key, body)| {
+        let seq = key.split('.').next().and_then(|seq| seq.parse().ok()).unwrap_or(0);
+        (format!("stored under {key}"), seq, Checkpoint::from_json(body))
+    });
+    let published = published.iter().map(|c| (format!("published for entry {}", c.seq), c.seq, Ok(c.clone())));
+    for (name, seq, checkpoint) in stored.chain(published) {
         let checked = checkpoint.map_err(|e| e.to_string()).and_then(|c| c.check(key).map(|()| c));
         match checked {
-            Ok(checkpoint) => {
-                signed.insert(checkpoint.seq, checkpoint);
-            }
+            Ok(checkpoint) => signed.entry(checkpoint.seq).or_default().push(checkpoint),
             Err(e) => {
-                let seq = name.parse().unwrap_or(0);
                 report.problem = Some(Problem {
                     kind: ProblemKind::BadCheckpoint,
                     seq,
@@ -99,8 +100,8 @@ pub async fn verify(store: &dyn Store, key: &VerifyingKey, published: &[Checkpoi
                 report.problem = Some(problem);
                 return Ok(report);
             }
-            if let Some(checkpoint) = signed.get(&row.seq) {
-                if checkpoint.hash != row.hash {
+            if let Some(checkpoints) = signed.get(&row.seq) {
+                if checkpoints.iter().any(|checkpoint| checkpoint.hash != row.hash) {
                     report.problem = Some(Problem {
                         kind: ProblemKind::Altered,
                         seq: unconfirmed_from,
@@ -125,8 +126,9 @@ pub async fn verify(store: &dyn Store, key: &VerifyingKey, published: &[Checkpoi
         }
     }
     let last = expected - 1;
-    if let Some((&covered, checkpoint)) = signed.last_key_value()
+    if let Some((&covered, checkpoints)) = signed.last_key_value()
         && covered > last
+        && let Some(checkpoint) = checkpoints.first()
     {
         report.problem = Some(Problem {
             kind: ProblemKind::Truncated,

@@ -101,15 +101,16 @@ fn entry(i: u64) -> Entry {
     .owned_by(Some(format!("citizen-{}", i % 5)))
 }
 
-/// A log of `n` entries with a checkpoint every `every`; closed (a last checkpoint covers everything).
+/// `n` more entries with a checkpoint every `every`; closed (a last checkpoint covers everything).
 async fn write_log(backend: &Backend, n: u64, every: u64) {
     let store = backend.open().await;
     let options = AuditOptions { checkpoint_every: every, max_batch: 7, ..AuditOptions::default() };
     let log = AuditLog::open(Arc::clone(&store), key(), options).await.unwrap();
+    let head = log.head();
     for i in 1..=n {
         log.record(entry(i));
     }
-    assert_eq!(log.flush().await.unwrap(), n);
+    assert_eq!(log.flush().await.unwrap(), head + n);
     log.close().await;
     store.close().await.unwrap();
 }
@@ -249,6 +250,20 @@ async fn rewritten_chain_is_found_by_a_published_checkpoint(backend: Backend) {
     backend.cleanup().await;
 }
 
+async fn entries_appended_after_a_truncation_do_not_hide_it(backend: Backend) {
+    write_log(&backend, 30, 10).await;
+    backend.execute(&["DELETE FROM audit WHERE seq > 26".into()]).await;
+    // The hub starts again on the shortened log and goes on: new entries 27 to 36 take the removed numbers.
+    write_log(&backend, 10, 10).await;
+    let (kind, seq, message) = problem(&check(&backend, &[]).await);
+    assert_eq!(
+        (kind, seq),
+        (ProblemKind::Altered, 21),
+        "the checkpoint signed for the old entry 30 is still there: {message}"
+    );
+    backend.cleanup().await;
+}
+
 async fn forged_checkpoint_is_refused(backend: Backend) {
     write_log(&backend, 12, 10).await;
     let forger = SigningKey::from_bytes(&[1; 32]);
@@ -290,5 +305,6 @@ both_backends!(
     reordered_pair_is_found,
     truncated_tail_is_found,
     rewritten_chain_is_found_by_a_published_checkpoint,
+    entries_appended_after_a_truncation_do_not_hide_it,
     forged_checkpoint_is_refused,
 );

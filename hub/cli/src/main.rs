@@ -151,7 +151,8 @@ enum PluginCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the chain and the signed checkpoints; exits with status 1 naming the first altered, missing,
-    /// reordered or removed entry. Works on a running hub's store too (it only reads).
+    /// reordered or removed entry. Works on a running hub's store too; it opens the store as the hub does (its
+    /// schema is created if missing), so give it a copy when the original must stay untouched.
     Verify {
         /// The hub's data directory (its SQLite store, `hub.db`).
         #[arg(long, default_value = "./data")]

@@ -190,6 +190,12 @@ impl PolicyEngine {
         canonical_name(&principal.subject, &self.domain)
     }
 
+    /// A name the way the policy compares it: bare in the hub's own domain (`carol@santander` is `carol` on the
+    /// Santander hub), `name@domain` for the others.
+    pub fn canonical(&self, name: &str) -> String {
+        canonical_name(name, &self.domain)
+    }
+
     /// Like [`check`](Self::check), and also returns the object's labels in force (resolved for reads only; other
     /// actions get none): what an audit log needs to tell a read of personal or confidential data from the rest.
     pub fn decide(&self, principal: &Principal, object: &str, action: Action) -> (bool, Arc<ResolvedLabels>) {
