@@ -103,10 +103,17 @@ async fn sox_devices_become_providers_and_act_reaches_them() {
     let listener = tokio::task::spawn_blocking(move || {
         run_sox_device_at(&address, &ca, &["listen", "--node", &data_node, "--count", "1"])
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The device hears only what is published after its subscription, which a loaded machine may take seconds
+    // to set up: the command is sent again every 2 s until the device has heard one (at most 10 times).
     let act = format!("/api/v1/providers/{provider}/services/sox-act/resources/light/act");
-    let (status, body) = hub.post(&act, &json!({"params": {"value": 1}})).await.unwrap();
-    assert_eq!(status, 200, "{body}");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if listener.is_finished() {
+            break;
+        }
+        let (status, body) = hub.post(&act, &json!({"params": {"value": 1}})).await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
     let heard = listener.await.unwrap().unwrap().replace("\\\"", "'");
     assert!(
         heard.contains("transducerSetValue") && heard.contains("id='light'") && heard.contains("typedValue='1'"),

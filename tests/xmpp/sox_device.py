@@ -42,6 +42,7 @@ class Device(slixmpp.ClientXMPP):
         self.args = args
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0060")
+        self.register_plugin("xep_0004")
         self.ready = asyncio.get_event_loop().create_future()
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("failed_auth", lambda _: self.fail("authentication failed"))
@@ -62,8 +63,13 @@ class Device(slixmpp.ClientXMPP):
         await asyncio.wait_for(self.ready, 20)
 
     async def ensure_node(self, node):
+        # Keep more than Prosody's default of 20 items, so that a subscriber that finds the node late (a loaded
+        # machine) can still fetch every item published before it subscribed.
+        form = self.plugin["xep_0004"].make_form(ftype="submit")
+        form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#node_config")
+        form.add_field(var="pubsub#max_items", value="256")
         try:
-            await self.plugin["xep_0060"].create_node(self.args.service, node)
+            await self.plugin["xep_0060"].create_node(self.args.service, node, config=form)
         except slixmpp.exceptions.IqError as e:
             if e.condition != "conflict":
                 raise
