@@ -15,12 +15,17 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hub_audit::{Checkpoint, Decision, Entry, Record};
-use hub_model::{Glob, Timestamp};
+use hub_model::Glob;
 use hub_policy::{Action, DataClass, ResolvedLabels};
 use hub_store::AuditQuery;
 use serde_json::{Value, json};
 
-use crate::{ApiError, AppState, auth::Caller, body::JsonBody};
+use crate::{
+    ApiError, AppState,
+    auth::{Caller, denied},
+    body::JsonBody,
+    providers::{parse_time, query_params},
+};
 
 /// POSTs that only ask a question: not recorded (paths as the router nested under `/api/v1` sees them).
 const READ_ONLY_POSTS: [&str; 3] = ["/policy/check", "/policy/explain", "/rules/validate"];
@@ -28,12 +33,14 @@ const READ_ONLY_POSTS: [&str; 3] = ["/policy/check", "/policy/explain", "/rules/
 /// Largest page of `GET /audit`.
 const MAX_PAGE: usize = 1_000;
 
+/// The data class of an object whose reads are audited (personal or confidential data), if it is one.
+pub(crate) fn audited_class(labels: &ResolvedLabels) -> Option<DataClass> {
+    labels.class.as_ref().map(|c| c.value).filter(|c| matches!(c, DataClass::Personal | DataClass::Confidential))
+}
+
 /// Notes a read decision when the object holds personal or confidential data.
 pub(crate) fn note_read(state: &AppState, caller: &Caller, object: &str, allowed: bool, labels: &ResolvedLabels) {
-    let Some(class) = labels.class.as_ref().map(|c| c.value) else { return };
-    if !matches!(class, DataClass::Personal | DataClass::Confidential) {
-        return;
-    }
+    let Some(class) = audited_class(labels) else { return };
     let decision = if allowed { Decision::Allowed } else { Decision::Denied };
     let owner =
         labels.owner.as_ref().filter(|_| class == DataClass::Personal).map(|o| state.policy.canonical(&o.value));
@@ -110,18 +117,10 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    const ACCEPTED: [&str; 8] = ["subject", "action", "object", "owner", "from", "to", "after", "limit"];
-    if let Some(unknown) = q.keys().find(|k| !ACCEPTED.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(unknown.clone(), format!("accepted: {}", ACCEPTED.join(", "))));
-    }
+    let q = query_params(q, &["subject", "action", "object", "owner", "from", "to", "after", "limit"])?;
     if caller.is_anonymous() {
-        return Err(ApiError::unauthorized("authentication required: send Authorization: Bearer <token>, or sign in"));
+        return Err(denied(&caller, "audit", Action::Read));
     }
-    let time = |key: &str| {
-        q.get(key)
-            .map(|t| Timestamp::parse_rfc3339(t).map_err(|e| ApiError::bad_request(key, e.to_string())))
-            .transpose()
-    };
     let number = |key: &str| {
         q.get(key).map(|n| n.parse::<u64>().map_err(|_| ApiError::bad_request(key, "a whole number"))).transpose()
     };
@@ -131,7 +130,7 @@ pub async fn list(
         Some(_) => return Err(ApiError::bad_request("limit", format!("limit is from 1 to {MAX_PAGE}"))),
     };
     // Everyone may ask about their own data; everything else needs a permission to read `audit`.
-    let own = state.policy.owner_name(&caller.0);
+    let own = state.policy.canonical(&caller.0.subject);
     let asked = q.get("owner").map(|owner| state.policy.canonical(owner));
     let owner = if state.policy.check(&caller.0, "audit", Action::Read) {
         asked
@@ -160,8 +159,8 @@ pub async fn list(
         subject: q.get("subject").cloned(),
         action: q.get("action").cloned(),
         owner,
-        from: time("from")?,
-        to: time("to")?,
+        from: parse_time("from", &q)?,
+        to: parse_time("to", &q)?,
     };
     // The object glob is applied here; pages are read until this one is full or the log ends.
     let mut entries = Vec::new();

@@ -53,7 +53,7 @@ pub(crate) fn visible(state: &AppState, caller: &Caller, provider: &Provider) ->
     (any || whole).then_some(out)
 }
 
-fn query_params(q: HashMap<String, String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn query_params(q: HashMap<String, String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             unknown.clone(),
@@ -320,7 +320,7 @@ struct HistoryBody {
     next: Option<String>,
 }
 
-fn parse_time(field: &str, q: &HashMap<String, String>) -> Result<Option<Timestamp>, ApiError> {
+pub(crate) fn parse_time(field: &str, q: &HashMap<String, String>) -> Result<Option<Timestamp>, ApiError> {
     q.get(field)
         .map(|s| Timestamp::parse_rfc3339(s).map_err(|e| ApiError::bad_request(field, e.to_string())))
         .transpose()

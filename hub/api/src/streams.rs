@@ -18,7 +18,7 @@ use axum::{
 use futures::{Stream, StreamExt, stream};
 use hub_bus::{Change, Event, Received, Subscription};
 use hub_model::{Glob, Update};
-use hub_policy::{Action, DataClass};
+use hub_policy::Action;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -95,9 +95,7 @@ fn update_json(u: &Update) -> Value {
 /// stream is recorded in the audit log (`noted` holds what this stream has recorded).
 fn stream_may_read(state: &AppState, caller: &Caller, object: &str, noted: &mut HashSet<String>) -> bool {
     let (allowed, labels) = state.policy.decide(&caller.0, object, Action::Read);
-    let classified =
-        labels.class.as_ref().is_some_and(|c| matches!(c.value, DataClass::Personal | DataClass::Confidential));
-    if allowed && classified && !noted.contains(object) {
+    if allowed && crate::audit::audited_class(&labels).is_some() && !noted.contains(object) {
         noted.insert(object.to_owned());
         crate::audit::note_read(state, caller, object, allowed, &labels);
     }

@@ -187,7 +187,7 @@ struct Writer {
     store: Arc<dyn Store>,
     key: SigningKey,
     options: AuditOptions,
-    /// The newest numbered entry and its hash (durable once `pending` is empty).
+    /// The newest numbered entry and its hash (durable once `persist` returns).
     seq: u64,
     hash: String,
     /// The entry the newest checkpoint covers.
@@ -264,17 +264,17 @@ impl Writer {
         }
     }
 
-    /// Appends until the store takes the rows: the chain cannot skip them. Meanwhile new entries wait in the
+    /// Appends until the store takes the rows (never empty): the chain cannot skip them. Meanwhile new entries wait in the
     /// queue (and, once it is full, their callers wait).
     async fn persist(&mut self, rows: Arc<[hub_store::AuditRow]>, checkpoints: &[Checkpoint]) {
         let mut backoff = Duration::from_millis(50);
-        let last = rows.last().map_or(self.seq, |r| r.seq);
+        let last = rows[rows.len() - 1].seq;
         let records: Vec<RecordWrite> = checkpoints.iter().map(record).collect();
         loop {
             match self.store.append_audit(Arc::clone(&rows), records.clone()).await {
                 Ok(()) => break,
                 // The commit may have happened although the answer was lost (a deadline, a broken connection).
-                Err(_) if self.stored(rows.last()).await => break,
+                Err(_) if self.stored(&rows[rows.len() - 1]).await => break,
                 Err(e) => {
                     tracing::error!(target: "hub::audit", error = %e, entries = rows.len(), "storing audit entries failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -286,8 +286,7 @@ impl Writer {
     }
 
     /// Whether `row` is in the store already, with its hash.
-    async fn stored(&self, row: Option<&hub_store::AuditRow>) -> bool {
-        let Some(row) = row else { return true };
+    async fn stored(&self, row: &hub_store::AuditRow) -> bool {
         let query = hub_store::AuditQuery { after: row.seq - 1, limit: 1, ..hub_store::AuditQuery::default() };
         match self.store.audit(query).await {
             Ok(found) => found.first().is_some_and(|found| found.seq == row.seq && found.hash == row.hash),

@@ -177,17 +177,7 @@ impl PolicyEngine {
     /// by the class (see [`DataClass`]). Objects longer than 512 bytes are denied outright. If casbin reports an
     /// error the request is denied (and the error logged), never allowed.
     pub fn check(&self, principal: &Principal, object: &str, action: Action) -> bool {
-        if object.len() > MAX_OBJECT_LEN {
-            return false;
-        }
-        let snapshot = self.current.load();
-        self.evaluate(&snapshot, principal, object, action).0.allowed()
-    }
-
-    /// The name personal data calls this subject's by (the `owner` label): bare for the hub's own domain,
-    /// `name@domain` for the others.
-    pub fn owner_name(&self, principal: &Principal) -> String {
-        canonical_name(&principal.subject, &self.domain)
+        self.decide(principal, object, action).0
     }
 
     /// A name the way the policy compares it: bare in the hub's own domain (`carol@santander` is `carol` on the
