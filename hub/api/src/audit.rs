@@ -30,6 +30,16 @@ use crate::{
 /// POSTs that only ask a question: not recorded (paths as the router nested under `/api/v1` sees them).
 const READ_ONLY_POSTS: [&str; 3] = ["/policy/check", "/policy/explain", "/rules/validate"];
 
+/// What a handler adds to the entry the middleware records for its request: the action in the hub's words, the
+/// object it touched, whose personal data that concerns, and what happened. Put in the response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditNote {
+    pub(crate) action: &'static str,
+    pub(crate) object: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) detail: String,
+}
+
 /// Largest page of `GET /audit`.
 const MAX_PAGE: usize = 1_000;
 
@@ -92,9 +102,16 @@ pub(crate) async fn record_changes(State(state): State<AppState>, request: Reque
         401 | 403 => Decision::Denied,
         _ => Decision::Failed,
     };
-    let action = method.as_str().to_ascii_lowercase();
-    let entry =
-        Entry::new(caller.0.subject, caller.0.roles, action, object, decision).with_detail(status.as_u16().to_string());
+    let entry = match response.extensions().get::<AuditNote>() {
+        Some(note) => Entry::new(caller.0.subject, caller.0.roles, note.action, note.object.clone(), decision)
+            .owned_by(note.owner.clone())
+            .with_detail(format!("{} {}", status.as_u16(), note.detail)),
+        None => {
+            let action = method.as_str().to_ascii_lowercase();
+            Entry::new(caller.0.subject, caller.0.roles, action, object, decision)
+                .with_detail(status.as_u16().to_string())
+        }
+    };
     state.audit.record(entry);
     response
 }

@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod body;
+mod consents;
 mod error;
 mod ingest;
 mod labels;
@@ -36,6 +37,7 @@ use hub_twin::Twin;
 use tower_http::timeout::TimeoutLayer;
 
 pub use auth::Caller;
+pub use consents::{Consent, ConsentBook};
 pub use error::ApiError;
 pub use labels::TwinLabels;
 pub use metrics::Metrics;
@@ -77,6 +79,8 @@ pub struct AppState {
     pub login: Option<Arc<hub_identity::Login>>,
     /// The audit log.
     pub audit: hub_audit::AuditLog,
+    /// The consents owners of personal data gave.
+    pub consents: Arc<ConsentBook>,
     /// Counters exposed at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Limits.
@@ -123,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .route("/rules/{id}/enable", post(rules::enable))
         .route("/rules/{id}/disable", post(rules::disable))
         .route("/federation/peers", get(system::federation_peers))
+        .route("/consents", get(consents::list).post(consents::grant))
+        .route("/consents/{id}", get(consents::get_one).put(consents::update).delete(consents::revoke))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify).post(audit::verify_published))
         .route("/audit/checkpoint", get(audit::latest_checkpoint).post(audit::sign_checkpoint))

@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{audit, ingest, login, plugins, providers, rules, streams, system, transports};
+use crate::{audit, consents, ingest, login, plugins, providers, rules, streams, system, transports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::{audit, ingest, login, plugins, providers, rules, streams, system, tr
         system::federation_peers,
         audit::list, audit::verify, audit::verify_published, audit::latest_checkpoint, audit::sign_checkpoint,
         audit::public_key,
+        consents::grant, consents::list, consents::get_one, consents::update, consents::revoke,
         login::login, login::callback, login::session, login::logout,
         system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,
@@ -26,7 +27,7 @@ use crate::{audit, ingest, login, plugins, providers, rules, streams, system, tr
     ),
     components(schemas(providers::SetBody, providers::ActBody, ingest::IngestBody, ingest::IngestUpdate,
                         system::TokenRequest, system::CheckRequest, plugins::PluginUpload, plugins::PluginConfigBody,
-                        audit::VerifyBody)),
+                        audit::VerifyBody, consents::ConsentRequest)),
     modifiers(&Credentials),
     security(("bearer" = []), ("session" = []))
 )]

@@ -8,6 +8,7 @@ use axum::{
     body::Body,
     http::{Method, Request, StatusCode, header},
 };
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use hub_api::{ApiLimits, AppState, Metrics};
 use hub_bus::Bus;
@@ -52,7 +53,12 @@ impl Hub {
             hub_automation::Automation::start(twin.clone(), policy.clone(), Default::default()).await.unwrap();
         let key = hub_audit::SigningKey::from_bytes(&[9; 32]);
         let audit = hub_audit::AuditLog::open(twin.store().clone(), key, Default::default()).await.unwrap();
+        let consents =
+            hub_api::ConsentBook::open(twin.store().clone(), policy.clone(), audit.clone(), Default::default())
+                .await
+                .unwrap();
         let state = AppState {
+            consents,
             oidc: None,
             federation: None,
             login: None,
@@ -131,3 +137,60 @@ impl Hub {
         self.send_json(Method::POST, "/api/v1/ingest", token, serde_json::json!({ "updates": updates })).await
     }
 }
+
+/// Serves the hub's router on a loopback port; returns `host:port`.
+pub async fn serve(hub: &Hub) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = hub.router.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+/// Reads SSE frames until `n` events of type `kind` were seen (or the deadline passes).
+pub struct SseReader {
+    pub body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+    _client: reqwest::Client,
+}
+
+impl SseReader {
+    pub async fn open(addr: &str, query: &str, token: &str) -> Result<SseReader, reqwest::StatusCode> {
+        let client = reqwest::Client::new();
+        let res = client.get(format!("http://{addr}/api/v1/events?{query}")).bearer_auth(token).send().await.unwrap();
+        if !res.status().is_success() {
+            return Err(res.status());
+        }
+        Ok(SseReader { body: Box::pin(res.bytes_stream()), buf: String::new(), _client: client })
+    }
+
+    pub async fn next_event(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..end + 2).collect();
+                let mut kind = String::new();
+                let mut data = String::new();
+                for line in frame.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim());
+                    }
+                }
+                if kind.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return (kind, serde_json::from_str(&data).unwrap_or(Value::Null));
+            }
+            let chunk = tokio::time::timeout(SSE_WAIT, self.body.next())
+                .await
+                .unwrap_or_else(|_| panic!("no SSE event in time; buffered: {:?}", self.buf))
+                .unwrap()
+                .unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+/// How long a test waits for an SSE event.
+pub const SSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -34,6 +34,9 @@ fn body_for(method: &str, path: &str) -> Option<(&'static str, Vec<u8>)> {
         }
         ("PUT", "/api/v1/plugins/{id}/config") => json(json!({"config": null})),
         ("POST", "/api/v1/audit/verify") => json(json!({"checkpoints": []})),
+        ("POST", "/api/v1/consents") | ("PUT", "/api/v1/consents/{id}") => {
+            json(json!({"grantee": "x", "objects": "noise-*", "actions": ["read"], "purpose": "a test"}))
+        }
         ("PUT", "/api/v1/plugins/{id}/grant") => json(json!({"providers": ["x-*"]})),
         ("POST", "/api/v1/policy/check" | "/api/v1/policy/explain") => {
             json(json!({"subject": "a", "object": "b", "action": "read"}))
@@ -68,6 +71,15 @@ async fn every_route_needs_a_token_and_a_permission() {
             // Everybody may ask who looked at their own data.
             assert_eq!(status, StatusCode::OK, "{problem}");
             assert_eq!(problem["entries"], json!([]), "nobody owns no data: {problem}");
+        } else if uri == "/api/v1/consents" {
+            // Everybody manages the consents about their own data: listing shows only those, and a grant is
+            // about the caller's own data (it allows nothing on anyone else's).
+            let expected = if m == "GET" { StatusCode::OK } else { StatusCode::CREATED };
+            assert_eq!(status, expected, "{m} {uri}: {problem}");
+            assert!(m != "POST" || problem["owner"] == "nobody", "{problem}");
+        } else if uri.starts_with("/api/v1/consents/") {
+            // A consent the caller may not see does not exist for it.
+            assert_eq!(status, StatusCode::NOT_FOUND, "{m} {uri}: {problem}");
         } else {
             assert_eq!(status, StatusCode::FORBIDDEN, "{m} {uri} without permission: {problem}");
         }
@@ -96,6 +108,7 @@ async fn every_documented_route_is_served_for_an_admin() {
             // No plugin "nope" is installed, and the dummy upload is not a valid module.
             || (uri.contains("/plugins/nope") && status == StatusCode::NOT_FOUND)
             || (uri.contains("/rules/nope") && status == StatusCode::NOT_FOUND)
+            || (uri.contains("/consents/nope") && status == StatusCode::NOT_FOUND)
             // No checkpoint is signed before the first thousand entries (or a minute).
             || (uri == "/api/v1/audit/checkpoint" && m == "GET" && status == StatusCode::NOT_FOUND)
             || (uri == "/api/v1/plugins" && m == "POST" && status.is_client_error() && status != StatusCode::NOT_FOUND);

@@ -5,66 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::Hub;
+use common::{Hub, SseReader, serve};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn serve(hub: &Hub) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = hub.router.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("127.0.0.1:{}", addr.port())
-}
-
-/// Reads SSE frames until `n` events of type `kind` were seen (or the deadline passes).
-struct SseReader {
-    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
-    buf: String,
-    _client: reqwest::Client,
-}
-
-impl SseReader {
-    async fn open(addr: &str, query: &str, token: &str) -> Result<SseReader, reqwest::StatusCode> {
-        let client = reqwest::Client::new();
-        let res = client.get(format!("http://{addr}/api/v1/events?{query}")).bearer_auth(token).send().await.unwrap();
-        if !res.status().is_success() {
-            return Err(res.status());
-        }
-        Ok(SseReader { body: Box::pin(res.bytes_stream()), buf: String::new(), _client: client })
-    }
-
-    async fn next_event(&mut self) -> (String, Value) {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let mut kind = String::new();
-                let mut data = String::new();
-                for line in frame.lines() {
-                    if let Some(k) = line.strip_prefix("event:") {
-                        kind = k.trim().to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim());
-                    }
-                }
-                if kind.is_empty() {
-                    continue; // keep-alive comment
-                }
-                return (kind, serde_json::from_str(&data).unwrap_or(Value::Null));
-            }
-            let chunk = timeout(WAIT, self.body.next())
-                .await
-                .unwrap_or_else(|_| panic!("no SSE event in time; buffered: {:?}", self.buf))
-                .unwrap()
-                .unwrap();
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_carries_only_matching_and_permitted_updates() {

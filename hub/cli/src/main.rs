@@ -456,7 +456,10 @@ async fn serve(config: Config) -> Result<()> {
         Some(Arc::new(federation))
     };
     automation.set_apps(Arc::new(RuleApps(plugins.clone())));
+    let consents = hub_api::ConsentBook::open(store.clone(), policy.clone(), audit.clone(), cancel.clone()).await?;
+    tracing::info!(consents = policy.grant_count(), "consents loaded");
     let state = AppState {
+        consents,
         automation,
         twin: twin.clone(),
         policy,

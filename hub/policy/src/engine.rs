@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::{
     Action, Attributes, DataClass, LabelSource, PolicyError, Principal, ResolvedLabels,
     abac::{LabelOrigin, Labelled},
+    consent::{Grant, GrantIndex},
     glob::{obj_match_function, object_matches},
     principal::MAX_NAME_LEN,
     rules::{
@@ -119,6 +120,8 @@ pub struct PolicyEngine {
     domain: String,
     /// The objects' own labels (their metadata), once the live model is wired in.
     labels: OnceLock<Arc<dyn LabelSource>>,
+    /// The consents given at run time (`/api/v1/consents`), beside the policy text's `c` lines.
+    grants: ArcSwap<GrantIndex>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -155,6 +158,7 @@ impl PolicyEngine {
             cache_capacity: capacity,
             domain: domain.to_owned(),
             labels: OnceLock::new(),
+            grants: ArcSwap::from_pointee(GrantIndex::default()),
         })
     }
 
@@ -162,6 +166,23 @@ impl PolicyEngine {
     /// when the live model exists; later calls are ignored.
     pub fn set_label_source(&self, source: Arc<dyn LabelSource>) {
         let _ = self.labels.set(source);
+    }
+
+    /// Makes `grants` the consents in force, in place of the previous ones, from the very next check. Grants are
+    /// not cached decisions: an expiry applies at its instant, a revocation at the next check (an open stream's
+    /// next event).
+    pub fn set_grants(&self, grants: impl IntoIterator<Item = Grant>) {
+        self.grants.store(Arc::new(GrantIndex::new(grants)));
+    }
+
+    /// How many consents are in force (expired ones included until they are removed).
+    pub fn grant_count(&self) -> usize {
+        self.grants.load().len()
+    }
+
+    /// Whether the principal's subject or one of its roles is `name`, or has the role `name` through `g` lines.
+    pub fn acts_as(&self, principal: &Principal, name: &str) -> bool {
+        self.current.load().acts_as(principal, name, &self.domain)
     }
 
     /// Validates policy text exactly as [`replace`](Self::replace) would, without installing it.
@@ -264,6 +285,16 @@ impl PolicyEngine {
                 explanation.line = Some(consent.line);
                 "personal data, read under its owner's consent".to_owned()
             }
+            Outcome::Granted(grant) => {
+                explanation.matched = Some(format!(
+                    "consent {}: {} may {} {}",
+                    grant.id,
+                    grant.grantee,
+                    grant.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+                    grant.objects
+                ));
+                format!("personal data of {}, under the owner's consent {}", grant.owner, grant.id)
+            }
             Outcome::NotGranted => match labels.owner.as_ref() {
                 Some(owner) => {
                     format!("personal data: only its owner {} and whom the owner granted may read it", owner.value)
@@ -289,8 +320,17 @@ impl PolicyEngine {
         };
         let labels = if action == Action::Read { self.labels(snapshot, object) } else { snapshot.no_labels.clone() };
         let Some(class) = labels.class.as_ref().map(|c| c.value) else {
-            let outcome = if permitted() { Outcome::Permission } else { Outcome::NoPermission };
-            return (outcome, labels);
+            if permitted() {
+                return (Outcome::Permission, labels);
+            }
+            // An owner's consent can allow a write or an act on the owner's personal data.
+            if action != Action::Read && self.grants.load().names(action) {
+                let labels = self.labels(snapshot, object);
+                if let Some(grant) = self.personal_grant(snapshot, principal, &labels, object, action) {
+                    return (Outcome::Granted(grant), labels);
+                }
+            }
+            return (Outcome::NoPermission, labels);
         };
         let outcome = match class {
             DataClass::Open => Outcome::Open,
@@ -329,12 +369,37 @@ impl PolicyEngine {
                                 && object_matches(&c.object, object)
                                 && snapshot.acts_as(principal, &c.grantee, &self.domain)
                         })
-                        .map_or(Outcome::NotGranted, Outcome::Consent),
+                        .map(Outcome::Consent)
+                        .or_else(|| {
+                            self.personal_grant(snapshot, principal, &labels, object, action).map(Outcome::Granted)
+                        })
+                        .unwrap_or(Outcome::NotGranted),
                     None => Outcome::NotGranted,
                 }
             }
         };
         (outcome, labels)
+    }
+
+    /// The first consent given at run time that lets the principal do `action` on `object`, personal data of the
+    /// owner its labels name.
+    fn personal_grant(
+        &self,
+        snapshot: &Snapshot,
+        principal: &Principal,
+        labels: &ResolvedLabels,
+        object: &str,
+        action: Action,
+    ) -> Option<Arc<Grant>> {
+        if labels.class.as_ref().map(|c| c.value) != Some(DataClass::Personal) {
+            return None;
+        }
+        let owner = canonical_name(&labels.owner.as_ref()?.value, &self.domain);
+        let grants = self.grants.load();
+        grants
+            .covering(&owner, action, object)
+            .find(|grant| snapshot.acts_as(principal, &grant.grantee, &self.domain))
+            .cloned()
     }
 
     /// The labels in force for an object: the policy's, then its metadata's. Shared, not copied, unless the
@@ -457,15 +522,25 @@ enum Outcome<'s> {
     ForeignWithoutPermission,
     /// Personal data read by its owner.
     Owner,
-    /// Personal data read under a consent.
+    /// Personal data read under a consent line of the policy.
     Consent(&'s Consent),
+    /// Personal data read, written or acted on under a consent given at run time.
+    Granted(Arc<Grant>),
     /// Personal data, neither owner nor consent.
     NotGranted,
 }
 
 impl Outcome<'_> {
     fn allowed(&self) -> bool {
-        matches!(self, Outcome::Permission | Outcome::Open | Outcome::LocalStaff | Outcome::Owner | Outcome::Consent(_))
+        matches!(
+            self,
+            Outcome::Permission
+                | Outcome::Open
+                | Outcome::LocalStaff
+                | Outcome::Owner
+                | Outcome::Consent(_)
+                | Outcome::Granted(_)
+        )
     }
 }
 

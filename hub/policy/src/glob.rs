@@ -59,6 +59,36 @@ fn char_len_at(s: &str, at: usize) -> usize {
     s.get(at..).and_then(|rest| rest.chars().next()).map_or(1, char::len_utf8)
 }
 
+/// Whether every object `inner` matches is also matched by `outer`: a pattern that stays within another (a
+/// delegate's consent within the delegation it was given).
+///
+/// The answer errs on the side of "no": it is yes when `outer` can be laid over `inner` piece by piece, with
+/// each `*` of `inner` under a `*` of `outer`, each `?` under a `?` or a `*`, and each other character under itself,
+/// a `?` or a `*`. That is always sound, and exact for the patterns people write (`care-7/*` within `care-*`).
+/// Dynamic programming over both patterns: O(len(inner) × len(outer)), which the length limits keep small.
+pub fn pattern_within(inner: &str, outer: &str) -> bool {
+    let inner: Vec<char> = inner.chars().collect();
+    let outer: Vec<char> = outer.chars().collect();
+    let width = outer.len() + 1;
+    // covered[i * width + j]: whether inner[i..] lies within outer[j..]; filled from the ends backwards.
+    let mut covered = vec![false; (inner.len() + 1) * width];
+    covered[inner.len() * width + outer.len()] = true;
+    for i in (0..=inner.len()).rev() {
+        for j in (0..outer.len()).rev() {
+            let at = |i: usize, j: usize| covered[i * width + j];
+            let within = match (inner.get(i), outer[j]) {
+                // A `*` of outer stands for nothing, or swallows the next piece of inner, whatever it is.
+                (next, '*') => at(i, j + 1) || (next.is_some() && at(i + 1, j)),
+                (None, _) | (Some('*'), _) => false,
+                (Some(_), '?') => at(i + 1, j + 1),
+                (Some(&c), o) => c != '?' && c == o && at(i + 1, j + 1),
+            };
+            covered[i * width + j] = within;
+        }
+    }
+    covered[0]
+}
+
 /// The `objMatch(r.obj, p.obj)` function registered with casbin. Non-string arguments never match.
 pub(crate) fn obj_match_function(object: Dynamic, pattern: Dynamic) -> Dynamic {
     match (object.into_immutable_string(), pattern.into_immutable_string()) {
@@ -147,6 +177,36 @@ mod tests {
         let pattern = "*a".repeat(100) + "b";
         assert!(!object_matches(&pattern, &object));
         assert!(object_matches(&"*a".repeat(100), &object));
+    }
+
+    #[test]
+    fn patterns_within_patterns() {
+        for (inner, outer, expected) in [
+            ("care-7/*", "care-*", true),
+            ("care-7/*", "care-7/*", true),
+            ("care-7/vitals/pulse", "care-7/*", true),
+            ("care-7/*/pulse", "care-7/*", true),
+            ("care-?/*", "care-*", true),
+            ("care-?/x", "care-?/x", true),
+            ("*", "*", true),
+            ("", "*", true),
+            ("care-*", "care-7/*", false),
+            ("care-*/x", "care-?/x", false),
+            ("care-7", "care-7/*", false),
+            ("care-8/*", "care-7/*", false),
+            ("*", "care-*", false),
+            ("a?c", "abc", false),
+            ("abc", "a?c", true),
+        ] {
+            assert_eq!(pattern_within(inner, outer), expected, "{inner:?} within {outer:?}");
+        }
+        // Sound: whatever the inner pattern matches, the outer one does.
+        let objects = ["care-7/vitals/pulse", "care-7", "care-12/x", "care-/x", "x"];
+        for (inner, outer) in [("care-7/*", "care-*"), ("care-?/*", "care-*"), ("care-7/*/pulse", "care-7/*")] {
+            for object in objects {
+                assert!(!object_matches(inner, object) || object_matches(outer, object), "{inner} {outer} {object}");
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! text is the caller's job (the store), which converts its records to [`TokenInfo`].
 
 mod abac;
+mod consent;
 mod engine;
 mod error;
 mod glob;
@@ -20,9 +21,10 @@ mod rules;
 mod token;
 
 pub use abac::{DataClass, LabelOrigin, LabelSource, Labelled, Labels, ResolvedLabels, metadata_keys};
+pub use consent::Grant;
 pub use engine::{CASBIN_MODEL, DEFAULT_CACHE_CAPACITY, DEFAULT_DOMAIN, DEFAULT_POLICY, Explanation, PolicyEngine};
 pub use error::{AuthError, PolicyError};
-pub use glob::object_matches;
+pub use glob::{object_matches, pattern_within};
 pub use principal::{ANONYMOUS, Action, Attributes, MAX_NAME_LEN, Principal, validate_name};
-pub use rules::MAX_OBJECT_LEN;
+pub use rules::{MAX_OBJECT_LEN, validate_object_pattern};
 pub use token::{TOKEN_PREFIX, TokenInfo, TokenRegistry};

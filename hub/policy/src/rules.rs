@@ -325,7 +325,9 @@ fn parse_action_pattern(action: &str) -> Result<ActionPattern, String> {
     })
 }
 
-fn validate_object_pattern(object: &str) -> Result<(), String> {
+/// Checks an object pattern as the policy's lines need it: not empty, at most [`MAX_OBJECT_LEN`] characters from
+/// `A-Z a-z 0-9 . _ - : @ /` and the wildcards `*` `?`. The error says what is wrong.
+pub fn validate_object_pattern(object: &str) -> Result<(), String> {
     if object.is_empty() {
         return Err("the object must not be empty (use `*` for every object)".to_owned());
     }

@@ -499,3 +499,53 @@ fn metadata_labels_fill_what_the_policy_leaves_unset() {
     assert!(!engine.check(&who("admin", &[]), "traffic-2/count/value", Action::Read));
     assert!(engine.check(&who("admin", &[]), "traffic-1/count/value", Action::Read));
 }
+
+fn grant(id: &str, owner: &str, grantee: &str, objects: &str, actions: &[Action], expires: Option<i64>) -> Grant {
+    Grant {
+        id: id.into(),
+        owner: owner.into(),
+        grantee: grantee.into(),
+        objects: objects.into(),
+        actions: actions.to_vec(),
+        expires,
+    }
+}
+
+#[test]
+fn consents_given_at_run_time_apply_at_once_and_only_to_their_owner() {
+    let engine = PolicyEngine::with_domain(CITY_POLICY, "santander", 1000).unwrap();
+    engine.set_label_source(Arc::new(FixedLabels(vec![
+        ("care-2/heart/rate", crate::Labels::from_metadata(None, None, None, Some("frank@santander"))),
+        ("care-2/alarm/siren", crate::Labels::from_metadata(None, None, None, Some("frank"))),
+        ("care-3/heart/rate", crate::Labels::from_metadata(None, None, None, Some("gina"))),
+    ])));
+    let carer = who("carl", &["carer"]);
+    assert!(!engine.check(&carer, "care-2/heart/rate", Action::Read));
+    let hour_ahead = crate::consent::now_micros() + 3_600_000_000;
+    engine.set_grants([
+        grant("c1", "frank", "carer", "care-2/*", &[Action::Read, Action::Act], Some(hour_ahead)),
+        grant("c2", "frank", "carl", "care-3/*", &[Action::Read], None),
+    ]);
+    assert_eq!(engine.grant_count(), 2);
+    // A role grantee, the owner's metadata spelled with the hub's domain.
+    assert!(engine.check(&carer, "care-2/heart/rate", Action::Read));
+    let why = engine.explain(&carer, "care-2/heart/rate", Action::Read);
+    assert!(why.allowed);
+    assert!(why.matched.unwrap().starts_with("consent c1:"));
+    assert!(why.reason.contains("consent c1"), "{}", why.reason);
+    // Act on the owner's action resource without any permission; write was not granted.
+    assert!(engine.check(&carer, "care-2/alarm/siren", Action::Act));
+    assert!(!engine.check(&carer, "care-2/alarm/siren", Action::Write));
+    // frank cannot give away gina's data, whatever the pattern says.
+    assert!(!engine.check(&carer, "care-3/heart/rate", Action::Read));
+    assert!(!engine.check(&who("carl", &[]), "care-3/heart/rate", Action::Read));
+    // Nobody else gains anything.
+    assert!(!engine.check(&who("dora", &[]), "care-2/heart/rate", Action::Read));
+    // Revoked: the next check is denied.
+    engine.set_grants([]);
+    assert!(!engine.check(&carer, "care-2/heart/rate", Action::Read));
+    assert!(!engine.check(&carer, "care-2/alarm/siren", Action::Act));
+    // Expired: denied without anyone removing it.
+    engine.set_grants([grant("c3", "frank", "carer", "care-2/*", &[Action::Read], Some(1))]);
+    assert!(!engine.check(&carer, "care-2/heart/rate", Action::Read));
+}
