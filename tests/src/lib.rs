@@ -83,14 +83,16 @@ pub struct Launch<'a> {
     pub args: Vec<String>,
     /// Admin token to set through `HUB_ADMIN_TOKEN`.
     pub admin: Option<&'a str>,
-    /// Extra environment variables.
+    /// Extra environment variables (`RUST_LOG` among them replaces the tests' log filter).
     pub env: Vec<(String, String)>,
+    /// Where the hub's log (stderr) goes; `None`: the test's own stderr.
+    pub log_file: Option<PathBuf>,
 }
 
 impl<'a> Launch<'a> {
     /// Defaults: no extra arguments, the test admin token.
     pub fn new(data_dir: &'a Path) -> Self {
-        Launch { data_dir, port: free_port(), args: Vec::new(), admin: None, env: Vec::new() }
+        Launch { data_dir, port: free_port(), args: Vec::new(), admin: None, env: Vec::new(), log_file: None }
     }
 }
 
@@ -138,11 +140,14 @@ impl HubProcess {
             .arg(launch.data_dir)
             .args(&launch.args)
             .env("HUB_ADMIN_TOKEN", &admin)
-            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             // `HUB_TEST_LOG` overrides the hubs' log filter when a test needs diagnosing.
             .env("RUST_LOG", std::env::var("HUB_TEST_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into()))
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(match &launch.log_file {
+                Some(path) => Stdio::from(std::fs::File::create(path).context("creating the hub's log file")?),
+                None => Stdio::inherit(),
+            });
         let child = cmd.spawn().context("spawning hub")?;
         let mut hub = HubProcess {
             child,

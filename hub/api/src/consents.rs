@@ -241,6 +241,21 @@ impl ConsentBook {
         Ok(())
     }
 
+    /// The consents about `subject` (a canonical name): those it gave as owner, those given to it by name, and
+    /// those it gave on an owner's behalf; for its data export.
+    pub async fn about(&self, subject: &str) -> Value {
+        let now = Timestamp::now();
+        let consents = self.consents.lock().await;
+        let select = |keep: &dyn Fn(&Consent) -> bool| -> Vec<Value> {
+            consents.values().filter(|c| keep(c)).map(|c| c.view(now)).collect()
+        };
+        json!({
+            "given": select(&|c| c.owner == subject),
+            "received": select(&|c| c.grantee == subject),
+            "given_on_behalf": select(&|c| c.granted_by == subject && c.owner != subject),
+        })
+    }
+
     /// The earliest expiry of a consent in force.
     async fn next_expiry(&self) -> Option<Timestamp> {
         self.consents.lock().await.values().filter_map(|c| c.expires).min()

@@ -158,6 +158,7 @@ impl From<TwinError> for ApiError {
             TwinError::Act(e) => ApiError::bad_gateway(e.to_string()),
             TwinError::Storage(e) => e.into(),
             e @ TwinError::Imported { .. } => ApiError::forbidden(e.to_string()),
+            e @ TwinError::Pseudonym { .. } => ApiError::unavailable(&e),
         }
     }
 }

@@ -20,6 +20,7 @@ mod plugins;
 mod providers;
 mod rules;
 mod streams;
+mod subjects;
 mod system;
 mod transports;
 
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/federation/peers", get(system::federation_peers))
         .route("/consents", get(consents::list).post(consents::grant))
         .route("/consents/{id}", get(consents::get_one).put(consents::update).delete(consents::revoke))
+        .route("/subjects/{id}/export", get(subjects::export))
         .route("/audit", get(audit::list))
         .route("/audit/verify", get(audit::verify).post(audit::verify_published))
         .route("/audit/checkpoint", get(audit::latest_checkpoint).post(audit::sign_checkpoint))

@@ -3,7 +3,7 @@ use utoipa::{
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{audit, consents, ingest, login, plugins, providers, rules, streams, system, transports};
+use crate::{audit, consents, ingest, login, plugins, providers, rules, streams, subjects, system, transports};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::{audit, consents, ingest, login, plugins, providers, rules, streams, 
         audit::list, audit::verify, audit::verify_published, audit::latest_checkpoint, audit::sign_checkpoint,
         audit::public_key,
         consents::grant, consents::list, consents::get_one, consents::update, consents::revoke,
+        subjects::export,
         login::login, login::callback, login::session, login::logout,
         system::healthz, system::metrics, system::openapi_json, transports::list, transports::gateways,
         plugins::list, plugins::install, plugins::get_one, plugins::upgrade, plugins::set_config, plugins::set_grant,

@@ -41,7 +41,7 @@ pub fn token_info(record: &TokenRecord) -> TokenInfo {
     }
 }
 
-fn token_json(info: &TokenInfo) -> Value {
+pub(crate) fn token_json(info: &TokenInfo) -> Value {
     json!({
         "id": info.hash,
         "subject": info.subject,

@@ -332,3 +332,46 @@ async fn consents_survive_a_restart_of_the_book() {
         hub_api::ConsentBook::open(store, policy.clone(), hub.state.audit.clone(), Default::default()).await.unwrap();
     assert_eq!(policy.grant_count(), 1);
 }
+
+/// What a federation link reads of this hub (the listing, the snapshot, the history, the event stream) carries a
+/// peer's personal data only when its owner consented to that peer; a permission for the peer is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_receives_personal_data_only_under_the_owners_consent() {
+    let hub = homes().await;
+    let policy = "p, admin, *, *\np, santander-hub@santander, *, read\no, care-*, class, personal\n";
+    hub.state.policy.replace(policy).await.unwrap();
+    let peer = hub.token("santander-hub@santander", &[]);
+    let erin = hub.token("erin", &[]);
+    let providers = |v: &Value| -> Vec<String> {
+        v["providers"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let (s, listing) = hub.get("/api/v1/providers", &peer).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(providers(&listing), ["air-1"], "{listing}");
+    assert_eq!(hub.get("/api/v1/providers/care-1", &peer).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(hub.get(&format!("{HEART_1}/history"), &peer).await.0, StatusCode::FORBIDDEN);
+
+    let (s, v) = give(
+        &hub,
+        &erin,
+        json!({"grantee": "santander-hub@santander", "objects": "care-1/heart/*", "actions": ["read"],
+               "purpose": "continuity of care in Santander"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (_, listing) = hub.get("/api/v1/providers", &peer).await;
+    assert_eq!(providers(&listing), ["air-1", "care-1"], "{listing}");
+    let (s, history) = hub.get(&format!("{HEART_1}/history"), &peer).await;
+    assert_eq!(s, StatusCode::OK, "{history}");
+    assert_eq!(hub.get(BED_1, &peer).await.0, StatusCode::FORBIDDEN, "outside the consent");
+    assert_eq!(hub.get(HEART_2, &peer).await.0, StatusCode::FORBIDDEN, "another owner");
+    let addr = serve(&hub).await;
+    let mut stream = SseReader::open(&addr, "provider=care-*", &peer).await.expect("the stream opens");
+    let updates = json!([
+        {"provider": "care-2", "service": "heart", "resource": "rate", "value": 65},
+        {"provider": "care-1", "service": "heart", "resource": "rate", "value": 72},
+    ]);
+    assert_eq!(hub.ingest(&hub.admin, updates).await.0, StatusCode::OK);
+    let (_, event) = stream.next_event().await;
+    assert_eq!((&event["provider"], &event["value"]), (&json!("care-1"), &json!(72)), "frank's value is withheld");
+}

@@ -395,6 +395,15 @@ async fn serve(config: Config) -> Result<()> {
         .with_context(|| format!("http.listen (--listen): cannot listen on {}", config.http.listen))?;
     let store = open_store(&config).await?;
     let twin = Arc::new(Twin::open(store.clone(), Bus::new(config.bus.capacity)).await?);
+    if !config.privacy.identifiers.is_empty() {
+        let key_file =
+            config.privacy.pseudonym_key_file.clone().unwrap_or_else(|| config.storage.data_dir.join("pseudonym.key"));
+        let identifiers = config.privacy.identifiers.clone();
+        let pseudonyms = hub_twin::Pseudonymiser::open(identifiers, config.privacy.pseudonym_rotation, &key_file)
+            .with_context(|| format!("privacy.pseudonym_key_file: {}", key_file.display()))?;
+        tracing::info!(?pseudonyms, "identifying values are pseudonymised");
+        twin.set_pseudonymiser(Arc::new(pseudonyms));
+    }
 
     let policy_text = match store.policy().await? {
         Some(text) => text,

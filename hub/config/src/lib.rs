@@ -55,6 +55,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// `[privacy]`
+    pub privacy: PrivacyConfig,
     /// OpenID Connect: the issuers whose JWT access tokens the API accepts (`[[oidc.issuers]]`). Schema in
     /// `hub-identity`; validated by the binary, naming `oidc.` keys.
     pub oidc: toml::Table,
@@ -95,6 +97,34 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig { signing_key_file: None, checkpoint_every: 1_000, checkpoint_interval: Duration::from_secs(60) }
+    }
+}
+
+/// `[privacy]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Resources whose values identify people (a phone's MAC address seen by an occupancy sensor, the reporter
+    /// of a citizen's incident report), as globs over `provider/service/resource`: their values are replaced by
+    /// keyed pseudonyms before anything keeps, forwards or streams them. Default: none.
+    #[serde(deserialize_with = "globs")]
+    pub identifiers: Vec<Glob>,
+    /// How long one pseudonym secret is used: the same value gets the same pseudonym within a period, another
+    /// one in the next. Default `1d`.
+    #[serde(deserialize_with = "duration")]
+    pub pseudonym_rotation: Duration,
+    /// Where the current period's secret is kept (overwritten at each rotation). Default
+    /// `<data_dir>/pseudonym.key`.
+    pub pseudonym_key_file: Option<PathBuf>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            identifiers: Vec::new(),
+            pseudonym_rotation: Duration::from_secs(86_400),
+            pseudonym_key_file: None,
+        }
     }
 }
 
@@ -291,6 +321,9 @@ impl Config {
         if self.http.request_timeout.is_zero() {
             issue("http.request_timeout".into(), "must be longer than zero");
         }
+        if self.privacy.pseudonym_rotation < Duration::from_secs(1) {
+            issue("privacy.pseudonym_rotation".into(), "must be at least 1s");
+        }
         if self.audit.checkpoint_every == 0 {
             issue("audit.checkpoint_every".into(), "must be at least 1");
         }
@@ -357,6 +390,14 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
     duration(d).map(Some)
 }
 
+fn globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Glob>, D::Error> {
+    let patterns = Vec::<String>::deserialize(d)?;
+    if patterns.iter().any(String::is_empty) {
+        return Err(serde::de::Error::custom("a pattern cannot be empty"));
+    }
+    Ok(patterns.iter().map(|p| Glob::new(p)).collect())
+}
+
 fn glob<'de, D: Deserializer<'de>>(d: D) -> Result<Glob, D::Error> {
     let s = String::deserialize(d)?;
     if s.is_empty() {
@@ -412,6 +453,21 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
     }
 
+    #[test]
+    fn the_shipped_examples_parse() {
+        for name in ["hub.toml", "santander.toml"] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/").to_owned() + name;
+            let text = std::fs::read_to_string(&path).unwrap();
+            let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            if name == "hub.toml" {
+                assert_eq!(config.privacy.pseudonym_rotation, Duration::from_secs(86_400));
+            }
+        }
+        let c = Config::from_toml("[privacy]\nidentifiers = [\"*/wifi/mac\"]\npseudonym_rotation = \"1h\"").unwrap();
+        assert!(c.privacy.identifiers[0].matches("occ-1/wifi/mac"));
+        assert_eq!(c.privacy.pseudonym_rotation, Duration::from_secs(3600));
+    }
+
     fn issues(text: &str) -> Vec<String> {
         Config::from_toml(text).unwrap_err().0.into_iter().map(|i| i.to_string()).collect()
     }
@@ -435,6 +491,9 @@ mod tests {
                 "retention.rules[0].aggregate: must be one of",
             ),
             ("[http\n", "(file)"),
+            ("[privacy]\nidentifiers = [\"\"]", "privacy.identifiers: a pattern cannot be empty"),
+            ("[privacy]\npseudonym_rotation = \"0s\"", "privacy.pseudonym_rotation: must be at least 1s"),
+            ("[privacy]\nidentifier = []", "privacy.identifier: unknown field"),
         ];
         for (text, want) in golden {
             let got = issues(text);

@@ -6,6 +6,7 @@
 //! ACT requests are routed to the owner registered for the provider in the [`ActRegistry`].
 
 mod act;
+mod pseudonym;
 mod retention;
 
 use std::{
@@ -27,6 +28,7 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 
 pub use act::{ActError, ActHandler, ActRegistry};
+pub use pseudonym::{PREFIX as PSEUDONYM_PREFIX, Pseudonymiser};
 pub use retention::{RetentionPolicy, apply_retention};
 
 /// Why the twin refused or failed a change.
@@ -52,6 +54,15 @@ pub enum TwinError {
     /// The store failed; nothing was applied.
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// An identifying value could not be pseudonymised (its period's secret could not be kept); nothing was
+    /// stored.
+    #[error("the value of {path} identifies people and could not be pseudonymised: {reason}")]
+    Pseudonym {
+        /// The resource.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
     /// The provider mirrors one of a federation peer: only the link that imports it writes it.
     #[error("provider {provider} is imported from the peer {peer} and is read-only here")]
     Imported {
@@ -127,6 +138,8 @@ pub struct Twin {
     stats: TwinStats,
     /// Name prefixes of providers imported from federation peers, with the peer's name.
     imported: std::sync::OnceLock<Vec<(String, String)>>,
+    /// Replaces the values of identifier resources by pseudonyms before anything else sees them.
+    pseudonyms: std::sync::OnceLock<Arc<Pseudonymiser>>,
 }
 
 impl Twin {
@@ -149,6 +162,7 @@ impl Twin {
             model_gate: RwLock::new(()),
             stats: TwinStats::default(),
             imported: std::sync::OnceLock::new(),
+            pseudonyms: std::sync::OnceLock::new(),
         })
     }
 
@@ -179,6 +193,31 @@ impl Twin {
         let _ = self.imported.set(prefixes);
     }
 
+    /// Pseudonymises the values of the resources `pseudonyms` covers in every batch and SET from now on, before
+    /// they are validated, stored, applied or published. Set once at start; later calls are ignored.
+    pub fn set_pseudonymiser(&self, pseudonyms: Arc<Pseudonymiser>) {
+        let _ = self.pseudonyms.set(pseudonyms);
+    }
+
+    /// Replaces identifying values by their pseudonyms, in place.
+    fn pseudonymise(&self, updates: &mut [Update]) -> Result<(), TwinError> {
+        if self.pseudonyms.get().is_some() {
+            for u in updates.iter_mut() {
+                self.pseudonymise_value(&u.path, &mut u.value)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pseudonymise_value(&self, path: &ResourcePath, value: &mut Value) -> Result<(), TwinError> {
+        if let Some(pseudonyms) = self.pseudonyms.get().filter(|p| p.covers(path)) {
+            *value = pseudonyms
+                .pseudonym(value, Timestamp::now())
+                .map_err(|e| TwinError::Pseudonym { path: path.to_string(), reason: e.to_string() })?;
+        }
+        Ok(())
+    }
+
     /// The peer a provider is imported from, if it is.
     pub fn imported_from(&self, provider: &str) -> Option<&str> {
         self.imported.get()?.iter().find(|(prefix, _)| provider.starts_with(prefix.as_str())).map(|(_, p)| p.as_str())
@@ -194,7 +233,10 @@ impl Twin {
     /// Validates a batch of data updates against the live model. Either every update is valid, or the error
     /// names the first invalid one and nothing changes. Resources seen for the first time are declared as
     /// sensors of the inferred type; providers seen for the first time get `admin/status = "online"`.
-    pub fn prepare(&self, updates: Vec<Update>) -> Result<Prepared, TwinError> {
+    ///
+    /// Values of identifier resources are replaced by their pseudonyms first (see [`Pseudonymiser`]).
+    pub fn prepare(&self, mut updates: Vec<Update>) -> Result<Prepared, TwinError> {
+        self.pseudonymise(&mut updates)?;
         if self.imported.get().is_some() {
             for u in &updates {
                 self.refuse_imported(&u.path.provider)?;
@@ -355,8 +397,9 @@ impl Twin {
     }
 
     /// A client SET on a `state` or `property` resource.
-    pub async fn set(&self, path: ResourcePath, value: Value) -> Result<Update, TwinError> {
+    pub async fn set(&self, path: ResourcePath, mut value: Value) -> Result<Update, TwinError> {
         self.refuse_imported(&path.provider)?;
+        self.pseudonymise_value(&path, &mut value)?;
         let _gate = self.model_gate.read().await;
         {
             let p = self

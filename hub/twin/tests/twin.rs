@@ -177,3 +177,56 @@ async fn concurrent_batches_are_all_durable_applied_and_published_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn identifying_values_are_pseudonymised_before_anything_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let twin = open(dir.path()).await;
+    let pseudonyms = hub_twin::Pseudonymiser::open(
+        vec![Glob::new("*/wifi/mac"), Glob::new("*/desk/badge")],
+        std::time::Duration::from_secs(86_400),
+        &dir.path().join("pseudonym.key"),
+    )
+    .unwrap();
+    twin.set_pseudonymiser(Arc::new(pseudonyms));
+    let mut events = twin.bus().subscribe();
+    let now = Timestamp::now().as_micros();
+    twin.ingest(vec![
+        update("occ-1/wifi/mac", json!("a4:5e:60:e1:7f:02"), now),
+        update("occ-1/wifi/count", json!(3), now),
+        update("occ-2/wifi/mac", json!("a4:5e:60:e1:7f:02"), now),
+    ])
+    .await
+    .unwrap();
+    let stored = history(&twin, "occ-1/wifi/mac").await;
+    let pseudonym = stored[0].1.as_str().unwrap().to_owned();
+    assert!(pseudonym.starts_with(hub_twin::PSEUDONYM_PREFIX), "{pseudonym}");
+    assert_eq!(history(&twin, "occ-2/wifi/mac").await[0].1, json!(pseudonym), "one phone, one pseudonym");
+    assert_eq!(history(&twin, "occ-1/wifi/count").await[0].1, json!(3), "other resources are untouched");
+    let path: ResourcePath = "occ-1/wifi/mac".parse().unwrap();
+    assert_eq!(twin.resource(&path).unwrap().value, Some(json!(pseudonym)));
+    // What streams and rules see is the pseudonym too.
+    let Received::Event(event) = events.recv().await else { panic!("no event") };
+    let Change::Updates(updates) = &event.change else { panic!("not updates") };
+    assert!(updates.iter().filter(|u| u.path.resource.as_str() == "mac").all(|u| u.value == json!(pseudonym)));
+    // A SET on an identifier state resource is pseudonymised as well.
+    let doc: ProviderDoc = serde_json::from_value(
+        json!({"services": {"desk": {"resources": {"badge": {"kind": "state", "type": "string"}}}}}),
+    )
+    .unwrap();
+    twin.put_provider("office-1".parse().unwrap(), &doc).await.unwrap();
+    let set = twin.set("office-1/desk/badge".parse().unwrap(), json!("badge-0042")).await.unwrap();
+    assert!(set.value.as_str().unwrap().starts_with(hub_twin::PSEUDONYM_PREFIX), "{}", set.value);
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap();
+        files += 1;
+        assert!(!bytes.windows(10).any(|w| w == b"badge-0042"), "{} holds the clear badge", entry.path().display());
+        assert!(
+            !bytes.windows(17).any(|w| w == b"a4:5e:60:e1:7f:02"),
+            "{} holds the clear MAC",
+            entry.path().display()
+        );
+    }
+    assert!(files >= 2, "the database and its write-ahead log");
+}

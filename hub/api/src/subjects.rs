@@ -1,0 +1,135 @@
+//! What the hub holds about one person, for them to take away (`GET /api/v1/subjects/{id}/export`).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use hub_audit::Record;
+use hub_model::Timestamp;
+use hub_policy::{Action, DataClass, Principal, validate_name};
+use hub_store::{AuditQuery, HistoryQuery, Order};
+use serde_json::{Value, json};
+
+use crate::{
+    ApiError, AppState,
+    auth::{Caller, denied},
+};
+
+/// The policy object for acting on every subject's data (`read`: export anyone's).
+pub const OBJECT: &str = "subjects";
+
+/// History points read per page while exporting.
+const PAGE: usize = 10_000;
+
+/// Everything the hub holds about a subject, machine-readable: the personal data it owns (labels, current value,
+/// whole history), its consents (given, received, given on others' behalf), the audit entries about its data and
+/// about what it did, and its API tokens (never their secrets). For the subject itself, or a caller with `read`
+/// on `subjects`.
+#[utoipa::path(get, path = "/api/v1/subjects/{id}/export", tag = "privacy",
+    params(("id" = String, Path, description = "the subject, e.g. erin or alice@fujisawa")),
+    responses((status = 200, description = "`{subject, exported, resources, consents, audit, tokens}`"),
+              (status = 400), (status = 401), (status = 403), (status = 503)))]
+pub async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    validate_name("subject", &id).map_err(|e| ApiError::bad_request("id", e.to_string()))?;
+    let subject = state.policy.canonical(&id);
+    if caller.is_anonymous() {
+        return Err(denied(&caller, OBJECT, Action::Read));
+    }
+    if state.policy.canonical(&caller.0.subject) != subject && !state.policy.check(&caller.0, OBJECT, Action::Read) {
+        return Err(ApiError::forbidden(format!(
+            "{} may export its own data only (subject {})",
+            caller.0.subject,
+            state.policy.canonical(&caller.0.subject)
+        )));
+    }
+    let exported = Timestamp::now();
+
+    // The personal data it owns: each resource whose labels name it as owner.
+    let owner = Principal::new(subject.clone(), Vec::new());
+    let mut resources = Vec::new();
+    let mut paths = state.twin.resource_paths();
+    paths.sort_by_key(ToString::to_string);
+    for path in paths {
+        let object = path.to_string();
+        let (_, labels) = state.policy.decide(&owner, &object, Action::Read);
+        let personal = labels.class.as_ref().is_some_and(|c| c.value == DataClass::Personal);
+        if !personal || labels.owner.as_ref().is_none_or(|o| state.policy.canonical(&o.value) != subject) {
+            continue;
+        }
+        let Some(resource) = state.twin.resource(&path) else { continue };
+        let mut history = Vec::new();
+        let mut cursor = None;
+        loop {
+            let query =
+                HistoryQuery { path: path.clone(), from: None, to: None, limit: PAGE, order: Order::Asc, cursor };
+            let page = state.twin.store().history(query).await.map_err(|e| ApiError::unavailable(&e))?;
+            history.extend(page.points.into_iter().map(|p| json!({"timestamp": p.timestamp, "value": p.value})));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        resources.push(json!({
+            "resource": object,
+            "labels": &*labels,
+            "kind": resource.kind,
+            "type": resource.value_type,
+            "unit": resource.unit,
+            "metadata": resource.metadata,
+            "value": resource.value,
+            "timestamp": resource.timestamp,
+            "history": history,
+        }));
+    }
+
+    let consents = state.consents.about(&subject).await;
+
+    // The audit entries about its data, and those of what it did, oldest first.
+    state.audit.flush().await.map_err(|e| ApiError::unavailable(&e))?;
+    let mut audit = Vec::new();
+    for by_owner in [true, false] {
+        let mut after = 0;
+        loop {
+            let query = AuditQuery {
+                after,
+                limit: PAGE,
+                subject: (!by_owner).then(|| subject.clone()),
+                owner: by_owner.then(|| subject.clone()),
+                ..AuditQuery::default()
+            };
+            let rows = state.audit.store().audit(query).await.map_err(|e| ApiError::unavailable(&e))?;
+            for row in &rows {
+                audit.push((row.seq, Record::from_row(row).map_err(|e| ApiError::internal(&e))?));
+            }
+            match rows.last() {
+                Some(last) if rows.len() == PAGE => after = last.seq,
+                _ => break,
+            }
+        }
+    }
+    audit.sort_by_key(|(seq, _)| *seq);
+    audit.dedup_by_key(|(seq, _)| *seq);
+    let audit: Vec<Record> = audit.into_iter().map(|(_, record)| record).collect();
+
+    let mut tokens: Vec<Value> = state
+        .tokens
+        .list()
+        .iter()
+        .filter(|t| state.policy.canonical(&t.subject) == subject)
+        .map(crate::system::token_json)
+        .collect();
+    tokens.sort_by(|a, b| a["created"].to_string().cmp(&b["created"].to_string()));
+
+    Ok(Json(json!({
+        "subject": subject,
+        "exported": exported,
+        "resources": resources,
+        "consents": consents,
+        "audit": audit,
+        "tokens": tokens,
+    })))
+}
