@@ -70,6 +70,50 @@ pub(crate) fn read_allowed(state: &AppState, caller: &Caller, object: &str) -> b
     allowed
 }
 
+/// The owner (canonical name) of `object` when it is personal data.
+pub(crate) fn personal_owner(state: &AppState, object: &str) -> Option<String> {
+    let labels = state.policy.labels_of(object);
+    let personal = labels.class.as_ref().is_some_and(|c| c.value == DataClass::Personal);
+    personal.then(|| labels.owner.as_ref().map(|o| state.policy.canonical(&o.value))).flatten()
+}
+
+/// The response of a request on one resource, telling the audit middleware whose personal data it touched, so
+/// that the entry of a SET or an ACT is in its owner's trail.
+pub(crate) fn about_owner(
+    state: &AppState,
+    object: &str,
+    action: &'static str,
+    response: Result<Json<Value>, ApiError>,
+) -> Response {
+    let mut response = response.into_response();
+    if let Some(owner) = personal_owner(state, object) {
+        response.extensions_mut().insert(AuditNote {
+            action,
+            object: object.to_owned(),
+            owner: Some(owner),
+            detail: "personal data".to_owned(),
+        });
+    }
+    response
+}
+
+/// Records, once per owner, that a batch wrote personal data of theirs (the request itself is recorded by the
+/// middleware, without an owner: a batch may hold several owners' data).
+pub(crate) fn note_batch_writes<'a>(state: &AppState, caller: &Caller, objects: impl Iterator<Item = &'a str>) {
+    let mut written: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for object in objects {
+        if let Some(owner) = personal_owner(state, object) {
+            *written.entry(owner).or_default() += 1;
+        }
+    }
+    for (owner, resources) in written {
+        let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "write", "/ingest", Decision::Allowed)
+            .owned_by(Some(owner))
+            .with_detail(format!("{resources} personal resources written"));
+        state.audit.record(entry);
+    }
+}
+
 /// Records a failed authentication.
 pub(crate) fn note_rejected_credentials(state: &AppState, detail: &str) {
     let entry = Entry::new("unknown", Vec::new(), "authenticate", "credentials", Decision::Denied).with_detail(detail);

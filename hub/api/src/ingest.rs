@@ -77,7 +77,14 @@ pub async fn ingest(State(state): State<AppState>, caller: Caller, body: RawBody
             last = Some(&u.path);
         }
     }
+    let objects: Vec<String> = {
+        let mut paths: Vec<String> = updates.iter().map(|u| u.path.to_string()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+    };
     let accepted = state.twin.ingest(updates).await?;
+    crate::audit::note_batch_writes(&state, &caller, objects.iter().map(String::as_str));
     state.metrics.ingested.inc_by(accepted as u64);
     Ok(Json(json!({ "accepted": accepted })))
 }

@@ -234,12 +234,24 @@ pub async fn set_resource(
     headers: HeaderMap,
     Path((p, s, r)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<SetBody>,
+) -> Response {
+    let object = format!("{p}/{s}/{r}");
+    let result = set_value(&state, &caller, &headers, (p, s, r), body).await;
+    crate::audit::about_owner(&state, &object, "put", result)
+}
+
+async fn set_value(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    (p, s, r): (String, String, String),
+    body: SetBody,
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
-    authorize(&state, &caller, &path.to_string(), Action::Write)?;
+    authorize(state, caller, &path.to_string(), Action::Write)?;
     if state.twin.imported_from(&p).is_some() {
         let rest = format!("services/{s}/resources/{r}");
-        return forward(&state, &headers, &p, reqwest::Method::PUT, &rest, json!({ "value": body.value })).await;
+        return forward(state, headers, &p, reqwest::Method::PUT, &rest, json!({ "value": body.value })).await;
     }
     let update = state.twin.set(path, body.value).await?;
     Ok(Json(json!({ "value": update.value, "timestamp": update.timestamp })))
@@ -267,12 +279,24 @@ pub async fn act(
     headers: HeaderMap,
     Path((p, s, r)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<ActBody>,
+) -> Response {
+    let object = format!("{p}/{s}/{r}");
+    let result = act_on(&state, &caller, &headers, (p, s, r), body).await;
+    crate::audit::about_owner(&state, &object, "post", result)
+}
+
+async fn act_on(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    (p, s, r): (String, String, String),
+    body: ActBody,
 ) -> Result<Json<Value>, ApiError> {
     let path = path_of(&p, &s, &r)?;
-    authorize(&state, &caller, &path.to_string(), Action::Act)?;
+    authorize(state, caller, &path.to_string(), Action::Act)?;
     if state.twin.imported_from(&p).is_some() {
         let rest = format!("services/{s}/resources/{r}/act");
-        return forward(&state, &headers, &p, reqwest::Method::POST, &rest, json!({ "params": body.params })).await;
+        return forward(state, headers, &p, reqwest::Method::POST, &rest, json!({ "params": body.params })).await;
     }
     let result = state.twin.act(path, body.params).await?;
     Ok(Json(json!({ "result": result })))

@@ -125,6 +125,18 @@ async fn a_grant_allows_at_once_and_a_revocation_denies_at_once() {
     assert_eq!(v["actions"], json!(["read", "write"]));
     assert_eq!(hub.send_json(Method::PUT, BED_1, &nina, set).await.0, StatusCode::OK);
     assert_eq!(hub.get(BED_1, &nina).await.1["value"], "sitting");
+    // erin's trail shows who changed her data: nina's SET, and the batch that wrote her heart rate.
+    let (_, trail) = hub.get("/api/v1/audit", &erin).await;
+    let entries = trail["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["subject"] == "nina" && e["action"] == "put" && e["object"] == "care-1/bed/position"),
+        "{trail}"
+    );
+    assert!(
+        entries.iter().any(|e| e["subject"] == "admin" && e["action"] == "write" && e["object"] == "/ingest"),
+        "{trail}"
+    );
+    assert!(entries.iter().all(|e| e["owner"] == "erin"), "only entries about erin's data: {trail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

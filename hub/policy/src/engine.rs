@@ -218,6 +218,15 @@ impl PolicyEngine {
         (outcome.allowed(), labels)
     }
 
+    /// The labels in force for `object` (the policy's `o` lines, then its metadata), whoever asks.
+    pub fn labels_of(&self, object: &str) -> Arc<ResolvedLabels> {
+        let snapshot = self.current.load();
+        if object.len() > MAX_OBJECT_LEN {
+            return snapshot.no_labels.clone();
+        }
+        self.labels(&snapshot, object)
+    }
+
     /// Like [`check`](Self::check), and also says which rule allowed or denied the request, with the labels and
     /// attributes that decided it.
     ///
