@@ -38,6 +38,9 @@ pub const NAMESPACE: &str = "consents";
 /// The policy object for managing every consent: `read` lists them all, `admin` revokes any of them.
 pub const OBJECT: &str = "consents";
 
+/// Most consents one owner's data may have at once.
+pub const MAX_PER_OWNER: usize = 1_000;
+
 /// Longest purpose, in characters.
 const MAX_PURPOSE: usize = 256;
 
@@ -186,6 +189,16 @@ impl ConsentBook {
                 Ok(_) | Err(_) => tracing::error!(consent = %key, "a stored consent is unreadable; it grants nothing"),
             }
         }
+        // A consent given under a delegation that is gone (unreadable) grants nothing either.
+        let orphans: Vec<String> = consents
+            .values()
+            .filter(|c| c.via.as_ref().is_some_and(|via| !consents.get(via).is_some_and(|d| c.fits(d))))
+            .map(|c| c.id.clone())
+            .collect();
+        for id in orphans {
+            tracing::error!(consent = %id, "a stored consent's delegation is missing or no longer covers it; it grants nothing");
+            consents.remove(&id);
+        }
         policy.set_grants(consents.values().map(Consent::grant));
         let book =
             Arc::new(ConsentBook { store, policy, audit, consents: Mutex::new(consents), changed: Notify::new() });
@@ -241,6 +254,11 @@ impl ConsentBook {
         Ok(())
     }
 
+    /// The owner of consent `id`, if there is one.
+    async fn owner_of(&self, id: &str) -> Option<String> {
+        self.consents.lock().await.get(id).map(|c| c.owner.clone())
+    }
+
     /// The consents about `subject` (a canonical name): those it gave as owner, those given to it by name, and
     /// those it gave on an owner's behalf; for its data export.
     pub async fn about(&self, subject: &str) -> Value {
@@ -288,6 +306,17 @@ async fn expire_loop(book: Arc<ConsentBook>, cancel: CancellationToken) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// A refusal, told to the audit middleware with the owner whose consent was asked for (when known), so the
+/// owner sees attempts on their consents too.
+fn refused(error: ApiError, action: &'static str, object: String, owner: Option<String>) -> Response {
+    let detail = error.detail().to_owned();
+    let mut response = error.into_response();
+    if owner.is_some() {
+        response.extensions_mut().insert(AuditNote { action, object, owner, detail });
+    }
+    response
 }
 
 /// A response that also tells the audit middleware what the request did to which owner's consent.
@@ -411,11 +440,24 @@ pub async fn grant(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(request): JsonBody<ConsentRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let owner = request.owner.as_deref().unwrap_or(&caller.0.subject);
+    let owner = validate_name("owner", owner).is_ok().then(|| state.policy.canonical(owner));
+    let object = owner.as_ref().map_or_else(|| OBJECT.to_owned(), |o| format!("{OBJECT}:{o}"));
+    give(state, caller, request).await.unwrap_or_else(|e| refused(e, "consent.grant", object, owner))
+}
+
+async fn give(state: AppState, caller: Caller, request: ConsentRequest) -> Result<Response, ApiError> {
     let now = Timestamp::now();
     let draft = drafted(&state, &caller, request, now)?;
     let mut consents = state.consents.consents.lock().await;
     let consent = authorised(&state, &caller, &consents, draft, now)?;
+    if consents.values().filter(|c| c.owner == consent.owner).count() >= MAX_PER_OWNER {
+        return Err(ApiError::conflict(format!(
+            "{} has {MAX_PER_OWNER} consents already: revoke some, or widen one, before giving more",
+            consent.owner
+        )));
+    }
     state.consents.commit(&mut consents, vec![(consent.id.clone(), Some(consent.clone()))]).await?;
     Ok(noted((StatusCode::CREATED, Json(consent.view(now))), &consent, "consent.grant"))
 }
@@ -478,7 +520,13 @@ pub async fn update(
     caller: Caller,
     Path(id): Path<String>,
     JsonBody(request): JsonBody<ConsentRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let owner = state.consents.owner_of(&id).await;
+    let object = format!("consent:{id}");
+    change(state, caller, id, request).await.unwrap_or_else(|e| refused(e, "consent.update", object, owner))
+}
+
+async fn change(state: AppState, caller: Caller, id: String, request: ConsentRequest) -> Result<Response, ApiError> {
     if caller.is_anonymous() {
         return Err(denied(&caller, OBJECT, Action::Write));
     }
@@ -504,7 +552,11 @@ pub async fn update(
     let others: BTreeMap<String, Consent> =
         consents.iter().filter(|(k, _)| **k != id).map(|(k, v)| (k.clone(), v.clone())).collect();
     let consent = authorised(&state, &caller, &others, draft, now)?;
-    let revoked: Vec<Consent> = dependants(&consents, &id).into_iter().filter(|d| !d.fits(&consent)).collect();
+    // What a delegate gave stays only while it still fits the delegation, given to the same delegate.
+    let revoked: Vec<Consent> = dependants(&consents, &id)
+        .into_iter()
+        .filter(|d| !d.fits(&consent) || consent.grantee != old.grantee)
+        .collect();
     let mut changes: Vec<(String, Option<Consent>)> = vec![(id.clone(), Some(consent.clone()))];
     changes.extend(revoked.iter().map(|d| (d.id.clone(), None)));
     state.consents.commit(&mut consents, changes).await?;
@@ -521,22 +573,23 @@ pub async fn update(
 #[utoipa::path(delete, path = "/api/v1/consents/{id}", tag = "consents",
     params(("id" = String, Path, description = "consent id")),
     responses((status = 200, description = "`{revoked: [ids]}`"), (status = 401), (status = 403), (status = 404), (status = 503)))]
-pub async fn revoke(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn revoke(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    let owner = state.consents.owner_of(&id).await;
+    let object = format!("consent:{id}");
+    withdraw(state, caller, id).await.unwrap_or_else(|e| refused(e, "consent.revoke", object, owner))
+}
+
+async fn withdraw(state: AppState, caller: Caller, id: String) -> Result<Response, ApiError> {
     if caller.is_anonymous() {
         return Err(denied(&caller, OBJECT, Action::Write));
     }
     let mut consents = state.consents.consents.lock().await;
-    let Some(consent) = consents.get(&id).filter(|c| visible(&state, &caller, c)).cloned() else {
+    let admin = state.policy.check(&caller.0, OBJECT, Action::Admin);
+    let Some(consent) = consents.get(&id).filter(|c| admin || visible(&state, &caller, c)).cloned() else {
         return Err(ApiError::not_found(format!("no consent {id} that this caller may see")));
     };
     let me = state.policy.canonical(&caller.0.subject);
-    if ![&consent.owner, &consent.granted_by, &consent.grantee].contains(&&me)
-        && !state.policy.check(&caller.0, OBJECT, Action::Admin)
-    {
+    if ![&consent.owner, &consent.granted_by, &consent.grantee].contains(&&me) && !admin {
         return Err(ApiError::forbidden(format!(
             "{} may not revoke consent {id}: its owner, whoever gave it and its grantee may",
             caller.0.subject

@@ -24,7 +24,8 @@ const PAGE: usize = 10_000;
 /// Everything the hub holds about a subject, machine-readable: the personal data it owns (labels, current value,
 /// whole history), its consents (given, received, given on others' behalf), the audit entries about its data and
 /// about what it did, and its API tokens (never their secrets). For the subject itself, or a caller with `read`
-/// on `subjects`.
+/// on `subjects`, who gets the personal data only where the policy lets it read it (`withheld` lists the rest).
+/// Every export, and every resource it carries, is in the subject's audit trail.
 #[utoipa::path(get, path = "/api/v1/subjects/{id}/export", tag = "privacy",
     params(("id" = String, Path, description = "the subject, e.g. erin or alice@fujisawa")),
     responses((status = 200, description = "`{subject, exported, resources, consents, audit, tokens}`"),
@@ -51,6 +52,7 @@ pub async fn export(
     // The personal data it owns: each resource whose labels name it as owner.
     let owner = Principal::new(subject.clone(), Vec::new());
     let mut resources = Vec::new();
+    let mut withheld = Vec::new();
     let mut paths = state.twin.resource_paths();
     paths.sort_by_key(ToString::to_string);
     for path in paths {
@@ -58,6 +60,13 @@ pub async fn export(
         let (_, labels) = state.policy.decide(&owner, &object, Action::Read);
         let personal = labels.class.as_ref().is_some_and(|c| c.value == DataClass::Personal);
         if !personal || labels.owner.as_ref().is_none_or(|o| state.policy.canonical(&o.value) != subject) {
+            continue;
+        }
+        // The data itself goes to whoever may read it: the subject, or someone it consented to. A caller who
+        // may export others' records (`subjects`) gets no personal data from that permission alone. Each
+        // resource exported is a read in the owner's trail.
+        if !crate::audit::read_allowed(&state, &caller, &object) {
+            withheld.push(object);
             continue;
         }
         let Some(resource) = state.twin.resource(&path) else { continue };
@@ -124,8 +133,20 @@ pub async fn export(
         .collect();
     tokens.sort_by(|a, b| a["created"].to_string().cmp(&b["created"].to_string()));
 
+    let entry = hub_audit::Entry::new(
+        caller.0.subject.clone(),
+        caller.0.roles.clone(),
+        "subject.export",
+        format!("subject:{subject}"),
+        hub_audit::Decision::Allowed,
+    )
+    .owned_by(Some(subject.clone()))
+    .with_detail(format!("{} resources exported, {} withheld", resources.len(), withheld.len()));
+    state.audit.record(entry);
+
     Ok(Json(json!({
         "subject": subject,
+        "withheld": withheld,
         "exported": exported,
         "resources": resources,
         "consents": consents,

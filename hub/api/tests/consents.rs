@@ -269,9 +269,25 @@ async fn delegates_grant_only_within_what_the_owner_allowed() {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["revoked"], json!([given_id]));
-    let (s, again) = give(&hub, &cora, on_behalf).await;
+    let (s, again) = give(&hub, &cora, on_behalf.clone()).await;
     assert_eq!(s, StatusCode::CREATED, "{again}");
     assert_eq!(again["expires"], Value::Null, "the delegation no longer ends");
+    // Handing the delegation to another coordinator ends what the first one gave under it.
+    let (s, v) = hub
+        .send_json(
+            Method::PUT,
+            &format!("/api/v1/consents/{delegation_id}"),
+            &erin,
+            json!({"grantee": "cleo", "objects": "care-1/heart/*", "actions": ["read"], "purpose": "care coordination",
+                   "delegate": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked"], json!([again["id"]]));
+    assert_eq!(hub.get(HEART_1, &nina).await.0, StatusCode::FORBIDDEN);
+    let cleo = hub.token("cleo", &[]);
+    let (s, again) = give(&hub, &cleo, on_behalf).await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
     let (s, v) = revoke(&hub, &erin, &delegation_id).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["revoked"], json!([delegation_id, again["id"]]));
@@ -282,6 +298,7 @@ async fn delegates_grant_only_within_what_the_owner_allowed() {
     let entries = trail["entries"].as_array().unwrap();
     let by_cora: Vec<&Value> =
         entries.iter().filter(|e| e["subject"] == "cora" && e["action"] == "consent.grant").collect();
+    assert!(by_cora.iter().any(|e| e["decision"] == "denied"), "cora's refused attempts are in erin's trail: {trail}");
     assert!(
         by_cora.iter().any(|e| e["decision"] == "allowed"
             && e["detail"].as_str().unwrap().contains(&format!("under delegation {delegation_id}"))),
@@ -291,7 +308,7 @@ async fn delegates_grant_only_within_what_the_owner_allowed() {
         .iter()
         .filter(|e| e["action"] == "consent.revoke" && e["detail"].as_str().unwrap().contains("changed or ended"))
         .count();
-    assert_eq!(cascaded, 2, "the narrowing and the revocation each ended one delegated consent: {trail}");
+    assert_eq!(cascaded, 3, "the narrowing, the new delegate and the revocation each ended one consent: {trail}");
 }
 
 #[tokio::test]

@@ -43,7 +43,15 @@ async fn an_export_holds_the_owners_data_consents_audit_and_tokens() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(hub.get("/api/v1/providers/care-1/services/heart/resources/rate", &erin).await.0, StatusCode::OK);
 
-    for token in [&erin, &dpo] {
+    // A data protection officer gets erin's records, not her personal data: a permission is no consent.
+    let (s, export) = hub.get("/api/v1/subjects/erin/export", &dpo).await;
+    assert_eq!(s, StatusCode::OK, "{export}");
+    assert_eq!(export["resources"], json!([]));
+    assert_eq!(export["withheld"], json!(["care-1/heart/rate"]));
+    assert_eq!(export["consents"]["given"].as_array().unwrap().len(), 1);
+
+    {
+        let token = &erin;
         let (s, export) = hub.get("/api/v1/subjects/erin/export", token).await;
         assert_eq!(s, StatusCode::OK, "{export}");
         assert_eq!(export["subject"], "erin");
@@ -65,6 +73,10 @@ async fn an_export_holds_the_owners_data_consents_audit_and_tokens() {
         assert!(!export["resources"].to_string().contains("care-2"), "frank's data is not in erin's export");
     }
     assert_eq!(hub.get("/api/v1/subjects/erin/export", &frank).await.0, StatusCode::FORBIDDEN);
+    // Both exports are in erin's trail.
+    let (_, trail) = hub.get("/api/v1/audit?action=subject.export", &erin).await;
+    let by: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["subject"].as_str().unwrap()).collect();
+    assert_eq!(by, ["dora", "erin"], "{trail}");
     let (s, _, _) = hub.call(Method::GET, "/api/v1/subjects/erin/export", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(hub.get("/api/v1/subjects/bad%20name/export", &hub.admin).await.0, StatusCode::BAD_REQUEST);

@@ -387,6 +387,20 @@ fn audit_key_file(config: &Config) -> PathBuf {
     config.audit.signing_key_file.clone().unwrap_or_else(|| config.storage.data_dir.join("audit-signing.key"))
 }
 
+/// Replaces the pseudonym secret at every period boundary, so an ended period's secret is gone even when no
+/// identifying value arrived since.
+async fn rotate_pseudonyms(pseudonyms: Arc<hub_twin::Pseudonymiser>) {
+    loop {
+        tokio::time::sleep(pseudonyms.until_next_period(Timestamp::now())).await;
+        if let Err(e) = pseudonyms.rotate(Timestamp::now()) {
+            tracing::error!(
+                "the pseudonym secret could not be rotated (identifying values are refused until it is): {e}"
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+}
+
 async fn serve(config: Config) -> Result<()> {
     let data_dir = &config.storage.data_dir;
     fs::create_dir_all(data_dir).with_context(|| format!("storage.data_dir: cannot create {}", data_dir.display()))?;
@@ -402,7 +416,9 @@ async fn serve(config: Config) -> Result<()> {
         let pseudonyms = hub_twin::Pseudonymiser::open(identifiers, config.privacy.pseudonym_rotation, &key_file)
             .with_context(|| format!("privacy.pseudonym_key_file: {}", key_file.display()))?;
         tracing::info!(?pseudonyms, "identifying values are pseudonymised");
-        twin.set_pseudonymiser(Arc::new(pseudonyms));
+        let pseudonyms = Arc::new(pseudonyms);
+        twin.set_pseudonymiser(pseudonyms.clone());
+        tokio::spawn(rotate_pseudonyms(pseudonyms));
     }
 
     let policy_text = match store.policy().await? {

@@ -366,8 +366,9 @@ impl PolicyEngine {
                 }
             }
             DataClass::Personal => {
-                let owner = labels.owner.as_ref().map(|o| o.value.as_str());
-                match owner {
+                // Owners compare by their canonical names: `erin@santander` is `erin` on the Santander hub.
+                let owner = labels.owner.as_ref().map(|o| canonical_name(&o.value, &self.domain));
+                match owner.as_deref() {
                     Some(owner) if canonical_name(&principal.subject, &self.domain) == owner => Outcome::Owner,
                     Some(owner) => snapshot
                         .policy
@@ -400,7 +401,8 @@ impl PolicyEngine {
         object: &str,
         action: Action,
     ) -> Option<Arc<Grant>> {
-        if labels.class.as_ref().map(|c| c.value) != Some(DataClass::Personal) {
+        // A consent covers data, the resources `provider/service/resource`; never a provider's model.
+        if labels.class.as_ref().map(|c| c.value) != Some(DataClass::Personal) || object.matches('/').count() != 2 {
             return None;
         }
         let owner = canonical_name(&labels.owner.as_ref()?.value, &self.domain);

@@ -361,9 +361,23 @@ impl Twin {
     }
 
     /// Creates or updates a provider from a model document; returns the resulting provider.
+    ///
+    /// Values in the document of identifier resources are replaced by their pseudonyms first.
     pub async fn put_provider(&self, name: Name, doc: &ProviderDoc) -> Result<Provider, TwinError> {
         self.refuse_imported(&name)?;
-        self.put_provider_imported(name, doc).await
+        if self.pseudonyms.get().is_none() {
+            return self.put_provider_imported(name, doc).await;
+        }
+        let mut doc = doc.clone();
+        for (service, sdoc) in &mut doc.services {
+            for (resource, rdoc) in &mut sdoc.resources {
+                if let Some(value) = rdoc.value.as_mut() {
+                    let path = ResourcePath::new(name.clone(), service.clone(), resource.clone());
+                    self.pseudonymise_value(&path, value)?;
+                }
+            }
+        }
+        self.put_provider_imported(name, &doc).await
     }
 
     /// [`Twin::put_provider`] for the federation link that imports the provider.

@@ -99,6 +99,19 @@ impl Pseudonymiser {
         Ok(Value::String(format!("{PREFIX}{}", hex::encode(&digest[..16]))))
     }
 
+    /// Replaces the secret when `now` is past its period, whether or not a value arrived since: an ended
+    /// period's secret must not outlive it. The hub calls it at every period boundary.
+    pub fn rotate(&self, now: Timestamp) -> io::Result<()> {
+        self.key_at(period_of(now, self.period_secs)).map(drop)
+    }
+
+    /// How long from `now` until the next period begins.
+    pub fn until_next_period(&self, now: Timestamp) -> Duration {
+        let micros = now.as_micros().max(0) as u64;
+        let period = self.period_secs * 1_000_000;
+        Duration::from_micros(period - micros % period)
+    }
+
     fn key_at(&self, index: u64) -> io::Result<Arc<Period>> {
         let current = self.current.load_full();
         if index <= current.index {
@@ -151,6 +164,8 @@ fn write_key_file(path: &Path, period: &Period) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.seek(SeekFrom::Start(0))?;
     let text = encode(period);
     file.write_all(text.as_bytes())?;
@@ -188,6 +203,15 @@ mod tests {
         let after = std::fs::read(&file).unwrap();
         assert_eq!(before.len(), after.len());
         assert_ne!(before, after);
+        // Rotation without a value: the boundary alone replaces the secret.
+        let idle = p.until_next_period(at_secs(start + 60));
+        assert_eq!(idle, Duration::from_secs(60));
+        p.rotate(at_secs(start + 120)).unwrap();
+        assert_ne!(std::fs::read(&file).unwrap(), after, "the idle period's secret is gone from the file");
+        let after = std::fs::read(&file).unwrap();
+        assert_ne!(p.pseudonym(&mac, at_secs(start + 120)).unwrap(), next);
+        assert_eq!(std::fs::read(&file).unwrap(), after);
+        let next = p.pseudonym(&mac, at_secs(start + 120)).unwrap();
         // A clock set back gets the current secret, never an old one.
         assert_eq!(p.pseudonym(&mac, at_secs(start)).unwrap(), next);
         assert_eq!(p.pseudonym(&Value::Null, at_secs(start)).unwrap(), Value::Null);

@@ -210,18 +210,22 @@ async fn identifying_values_are_pseudonymised_before_anything_keeps_them() {
     let Change::Updates(updates) = &event.change else { panic!("not updates") };
     assert!(updates.iter().filter(|u| u.path.resource.as_str() == "mac").all(|u| u.value == json!(pseudonym)));
     // A SET on an identifier state resource is pseudonymised as well.
-    let doc: ProviderDoc = serde_json::from_value(
-        json!({"services": {"desk": {"resources": {"badge": {"kind": "state", "type": "string"}}}}}),
-    )
+    // So is a value in a model document.
+    let doc: ProviderDoc = serde_json::from_value(json!({"services": {"desk": {"resources": {
+        "badge": {"kind": "state", "type": "string", "value": "badge-0041"}}}}}))
     .unwrap();
-    twin.put_provider("office-1".parse().unwrap(), &doc).await.unwrap();
+    let office = twin.put_provider("office-1".parse().unwrap(), &doc).await.unwrap();
+    let declared = office.resource("desk", "badge").unwrap().value.clone().unwrap();
+    assert!(declared.as_str().unwrap().starts_with(hub_twin::PSEUDONYM_PREFIX), "{declared}");
     let set = twin.set("office-1/desk/badge".parse().unwrap(), json!("badge-0042")).await.unwrap();
     assert!(set.value.as_str().unwrap().starts_with(hub_twin::PSEUDONYM_PREFIX), "{}", set.value);
     let mut files = 0;
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         let bytes = std::fs::read(entry.path()).unwrap();
         files += 1;
-        assert!(!bytes.windows(10).any(|w| w == b"badge-0042"), "{} holds the clear badge", entry.path().display());
+        for badge in [b"badge-0041", b"badge-0042"] {
+            assert!(!bytes.windows(10).any(|w| w == badge), "{} holds a clear badge", entry.path().display());
+        }
         assert!(
             !bytes.windows(17).any(|w| w == b"a4:5e:60:e1:7f:02"),
             "{} holds the clear MAC",

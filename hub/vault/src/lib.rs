@@ -165,11 +165,27 @@ impl Vault {
 
     /// Erases `owner`'s data key for good: deleted with its bytes overwritten, the write-ahead log checkpointed
     /// and truncated. Returns whether there was one. Everything sealed with it can never be opened again.
+    ///
+    /// Fails (and may be called again) when another connection to the vault file holds a read transaction, which
+    /// keeps the old pages in the log: the key is then deleted but its bytes may remain until the next erasure.
     pub fn erase(&self, owner: &str) -> Result<bool, VaultError> {
+        // The database lock is held throughout, and `key` takes it before looking at the cache: no seal can pick
+        // up the key while it is being erased.
         let db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
-        let erased = db.execute("DELETE FROM data_keys WHERE owner = ?1", params![owner])? > 0;
-        db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         self.keys.lock().unwrap_or_else(PoisonError::into_inner).remove(owner);
+        let erased = db.execute("DELETE FROM data_keys WHERE owner = ?1", params![owner])? > 0;
+        let (busy, log, checkpointed): (i64, i64, i64) =
+            db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        if busy != 0 || log != checkpointed {
+            return Err(VaultError::Storage(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some(format!(
+                    "the data key of {owner} is deleted, but another reader of {} holds the log: erase again once it \
+                     is gone",
+                    self.path.display()
+                )),
+            )));
+        }
         Ok(erased)
     }
 
@@ -187,10 +203,10 @@ impl Vault {
     }
 
     fn key(&self, owner: &str, create: bool) -> Result<Option<Arc<XChaCha20Poly1305>>, VaultError> {
+        let db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(key) = self.keys.lock().unwrap_or_else(PoisonError::into_inner).get(owner) {
             return Ok(Some(key.clone()));
         }
-        let db = self.db.lock().unwrap_or_else(PoisonError::into_inner);
         let wrapped: Option<Vec<u8>> = db
             .query_row("SELECT wrapped FROM data_keys WHERE owner = ?1", params![owner], |row| row.get(0))
             .optional()?;

@@ -549,3 +549,16 @@ fn consents_given_at_run_time_apply_at_once_and_only_to_their_owner() {
     engine.set_grants([grant("c3", "frank", "carer", "care-2/*", &[Action::Read], Some(1))]);
     assert!(!engine.check(&carer, "care-2/heart/rate", Action::Read));
 }
+
+#[test]
+fn owners_are_compared_by_canonical_name_and_consents_cover_resources_only() {
+    let engine = PolicyEngine::with_domain("o, care-*, class, personal\n", "santander", 1000).unwrap();
+    engine.set_label_source(Arc::new(FixedLabels(vec![
+        ("care-2/heart/rate", crate::Labels::from_metadata(None, None, None, Some("frank@santander"))),
+        ("care-2", crate::Labels::from_metadata(None, None, None, Some("frank"))),
+    ])));
+    assert!(engine.check(&who("frank", &[]), "care-2/heart/rate", Action::Read), "the owner, however spelled");
+    engine.set_grants([grant("c1", "frank", "carl", "care-2*", &[Action::Read, Action::Write], None)]);
+    assert!(engine.check(&who("carl", &[]), "care-2/heart/rate", Action::Write));
+    assert!(!engine.check(&who("carl", &[]), "care-2", Action::Write), "a consent never covers the model");
+}
