@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What the decision on the recorded action was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// The action was allowed (and, for writes, done).
@@ -21,7 +21,7 @@ pub enum Decision {
 }
 
 /// One thing that happened, as a caller records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     /// Who acted (`anonymous` without credentials; `plugin:<id>`, `rule:<id>` for the hub's own actors).
     pub subject: String,

@@ -195,6 +195,44 @@ struct Writer {
     head: Arc<AtomicU64>,
 }
 
+/// Merges identical reads that waited in the queue together (the same subject and roles reading the same object
+/// with the same decision) into their first entry, whose detail then says how many there were and when the last
+/// was: `personal data (×57, the last at 2026-12-08T01:20:00.123Z)`. Nothing is merged while the writer keeps up,
+/// since entries then wait alone; when readers outpace it (a dashboard polling personal data), the log keeps who
+/// read what, when and how often, at the cost of one row per burst instead of one per read. Other actions are
+/// never merged.
+fn coalesce_reads(entries: Vec<(Timestamp, Entry)>) -> Vec<(Timestamp, Entry)> {
+    if entries.len() < 2 {
+        return entries;
+    }
+    let mut out: Vec<(Timestamp, Entry, usize, Timestamp)> = Vec::with_capacity(entries.len());
+    let mut first_of: std::collections::HashMap<Entry, usize> = std::collections::HashMap::new();
+    for (time, entry) in entries {
+        if entry.action == "read" {
+            if let Some(&at) = first_of.get(&entry) {
+                let merged = &mut out[at];
+                merged.2 += 1;
+                merged.3 = merged.3.max(time);
+                continue;
+            }
+            first_of.insert(entry.clone(), out.len());
+        }
+        out.push((time, entry, 1, time));
+    }
+    out.into_iter()
+        .map(|(time, mut entry, count, last)| {
+            if count > 1 {
+                let burst = format!("×{count}, the last at {}", last.to_rfc3339());
+                entry.detail = Some(match entry.detail.take() {
+                    Some(detail) => format!("{detail} ({burst})"),
+                    None => burst,
+                });
+            }
+            (time, entry)
+        })
+        .collect()
+}
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut ticker = tokio::time::interval(self.options.checkpoint_interval);
@@ -218,16 +256,18 @@ impl Writer {
             }
             let mut rows = Vec::with_capacity(messages.len());
             let mut waiting = Vec::new();
+            let mut entries = Vec::with_capacity(messages.len());
             for message in messages.drain(..) {
                 match message {
-                    Message::Entry(time, entry) => {
-                        self.seq += 1;
-                        let row = row(self.seq, time, &self.hash, entry);
-                        self.hash.clone_from(&row.hash);
-                        rows.push(row);
-                    }
+                    Message::Entry(time, entry) => entries.push((time, entry)),
                     other => waiting.push(other),
                 }
+            }
+            for (time, entry) in coalesce_reads(entries) {
+                self.seq += 1;
+                let row = row(self.seq, time, &self.hash, entry);
+                self.hash.clone_from(&row.hash);
+                rows.push(row);
             }
             if !rows.is_empty() {
                 // Checkpoints fall on every `checkpoint_every`-th entry after the last one; they are stored in
@@ -312,5 +352,45 @@ impl Writer {
                 Err(format!("storing the checkpoint failed: {e}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod coalescing {
+    use super::*;
+    use crate::Decision;
+
+    fn read(subject: &str, object: &str) -> Entry {
+        Entry::new(subject, Vec::new(), "read", object, Decision::Allowed).with_detail("personal data")
+    }
+
+    #[test]
+    fn identical_reads_waiting_together_become_one_entry_with_their_count() {
+        let t = |s: i64| Timestamp::from_micros(s * 1_000_000);
+        let write = Entry::new("ana", Vec::new(), "put", "/providers/x", Decision::Allowed);
+        let merged = coalesce_reads(vec![
+            (t(1), read("ana", "care-1/heart/rate")),
+            (t(2), write.clone()),
+            (t(3), read("ana", "care-1/heart/rate")),
+            (t(4), read("bob", "care-1/heart/rate")),
+            (t(5), write.clone()),
+            (t(6), read("ana", "care-1/heart/rate")),
+        ]);
+        let shown: Vec<(i64, &str, &str, Option<&str>)> = merged
+            .iter()
+            .map(|(time, e)| (time.as_micros() / 1_000_000, e.subject.as_str(), e.action.as_str(), e.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (1, "ana", "read", Some("personal data (×3, the last at 1970-01-01T00:00:06Z)")),
+                (2, "ana", "put", None),
+                (4, "bob", "read", Some("personal data")),
+                (5, "ana", "put", None),
+            ]
+        );
+        // A denied read is another entry than an allowed one.
+        let denied = Entry::new("ana", Vec::new(), "read", "care-1/heart/rate", Decision::Denied);
+        assert_eq!(coalesce_reads(vec![(t(1), read("ana", "care-1/heart/rate")), (t(2), denied)]).len(), 2);
     }
 }
