@@ -30,6 +30,10 @@ use crate::config::{PeerAuth, PeerConfig};
 
 /// Most updates imported in one transaction.
 const MAX_BATCH: usize = 2_000;
+/// How long the events that follow the first of a batch may take to arrive and join it. Each batch is one durable
+/// commit; without the wait, events that trickle in over the socket make batches of a few events, and the link
+/// spends its time waiting for commits.
+const LINGER: Duration = Duration::from_millis(5);
 /// Lag samples kept for the percentiles.
 const LAG_SAMPLES: usize = 4_096;
 /// Most history points asked for per page.
@@ -406,11 +410,15 @@ impl Session<'_> {
 
         loop {
             let first = events.next().await;
+            let linger_until = tokio::time::Instant::now() + LINGER;
             let mut pending = vec![first];
-            while pending.len() < MAX_BATCH {
+            while pending.len() < MAX_BATCH && matches!(pending.last(), Some(Some(Ok(_)))) {
                 match events.next().now_or_never() {
                     Some(event) => pending.push(event),
-                    None => break,
+                    None => match tokio::time::timeout_at(linger_until, events.next()).await {
+                        Ok(event) => pending.push(event),
+                        Err(_) => break,
+                    },
                 }
             }
             let mut batch = Vec::new();
