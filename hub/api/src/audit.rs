@@ -52,8 +52,7 @@ pub(crate) fn audited_class(labels: &ResolvedLabels) -> Option<DataClass> {
 pub(crate) fn note_read(state: &AppState, caller: &Caller, object: &str, allowed: bool, labels: &ResolvedLabels) {
     let Some(class) = audited_class(labels) else { return };
     let decision = if allowed { Decision::Allowed } else { Decision::Denied };
-    let owner =
-        labels.owner.as_ref().filter(|_| class == DataClass::Personal).map(|o| state.policy.canonical(&o.value));
+    let owner = owner_of_personal(state, labels);
     let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "read", object, decision)
         .owned_by(owner)
         .with_detail(format!("{class} data"));
@@ -70,11 +69,15 @@ pub(crate) fn read_allowed(state: &AppState, caller: &Caller, object: &str) -> b
     allowed
 }
 
-/// The owner (canonical name) of `object` when it is personal data.
-pub(crate) fn personal_owner(state: &AppState, object: &str) -> Option<String> {
-    let labels = state.policy.labels_of(object);
+/// The owner (canonical name) of an object with these labels, when they make it personal data.
+pub(crate) fn owner_of_personal(state: &AppState, labels: &ResolvedLabels) -> Option<String> {
     let personal = labels.class.as_ref().is_some_and(|c| c.value == DataClass::Personal);
     personal.then(|| labels.owner.as_ref().map(|o| state.policy.canonical(&o.value))).flatten()
+}
+
+/// The owner (canonical name) of `object` when it is personal data.
+pub(crate) fn personal_owner(state: &AppState, object: &str) -> Option<String> {
+    owner_of_personal(state, &state.policy.labels_of(object))
 }
 
 /// The response of a request on one resource, telling the audit middleware whose personal data it touched, so
@@ -97,20 +100,27 @@ pub(crate) fn about_owner(
     response
 }
 
-/// Records, once per owner, that a batch wrote personal data of theirs (the request itself is recorded by the
-/// middleware, without an owner: a batch may hold several owners' data).
-pub(crate) fn note_batch_writes<'a>(state: &AppState, caller: &Caller, objects: impl Iterator<Item = &'a str>) {
-    let mut written: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
-    for object in objects {
+/// The personal resources a batch writes, by owner, to be recorded once per owner when the batch is stored (the
+/// request itself is recorded by the middleware, without an owner: a batch may hold several owners' data).
+#[derive(Default)]
+pub(crate) struct BatchWrites(std::collections::BTreeMap<String, std::collections::BTreeSet<String>>);
+
+impl BatchWrites {
+    /// Notes `object` when it is personal data.
+    pub(crate) fn note(&mut self, state: &AppState, object: &str) {
         if let Some(owner) = personal_owner(state, object) {
-            *written.entry(owner).or_default() += 1;
+            self.0.entry(owner).or_default().insert(object.to_owned());
         }
     }
-    for (owner, resources) in written {
-        let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "write", "/ingest", Decision::Allowed)
-            .owned_by(Some(owner))
-            .with_detail(format!("{resources} personal resources written"));
-        state.audit.record(entry);
+
+    /// Records one entry per owner whose data the stored batch wrote.
+    pub(crate) fn record(self, state: &AppState, caller: &Caller) {
+        for (owner, resources) in self.0 {
+            let entry = Entry::new(&caller.0.subject, caller.0.roles.clone(), "write", "/ingest", Decision::Allowed)
+                .owned_by(Some(owner))
+                .with_detail(format!("{} personal resources written", resources.len()));
+            state.audit.record(entry);
+        }
     }
 }
 

@@ -95,12 +95,17 @@ impl Consent {
     /// Whether `self`, given by a delegate, stays within the delegation `d`: its objects, its actions, its time,
     /// and never a delegation itself.
     fn fits(&self, d: &Consent) -> bool {
+        self.fits_until(d, self.expires)
+    }
+
+    /// [`fits`](Self::fits), were `self` to end at `expires`.
+    fn fits_until(&self, d: &Consent, expires: Option<Timestamp>) -> bool {
         d.delegate
             && !self.delegate
             && self.owner == d.owner
             && pattern_within(&self.objects, &d.objects)
             && self.actions.iter().all(|a| d.actions.contains(a))
-            && match (d.expires, self.expires) {
+            && match (d.expires, expires) {
                 (None, _) => true,
                 (Some(end), Some(own)) => own <= end,
                 (Some(_), None) => false,
@@ -399,12 +404,11 @@ fn authorised(
             draft.owner
         )));
     }
+    // An open-ended grant under a delegation that ends would end with it.
     let delegation = consents.values().find(|d| {
-        let mut candidate = draft.clone();
-        if candidate.expires.is_none() {
-            candidate.expires = d.expires;
-        }
-        !d.expired_at(now) && state.policy.acts_as(&caller.0, &d.grantee) && candidate.fits(d)
+        !d.expired_at(now)
+            && state.policy.acts_as(&caller.0, &d.grantee)
+            && draft.fits_until(d, draft.expires.or(d.expires))
     });
     match delegation {
         Some(d) => {
@@ -548,10 +552,9 @@ async fn change(state: AppState, caller: Caller, id: String, request: ConsentReq
     }
     draft.id = old.id.clone();
     draft.created = old.created;
-    // The owner's own change takes the consent over; a delegate's stays within a delegation.
-    let others: BTreeMap<String, Consent> =
-        consents.iter().filter(|(k, _)| **k != id).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let consent = authorised(&state, &caller, &others, draft, now)?;
+    // The owner's own change takes the consent over; a delegate's stays within a delegation (never the consent
+    // itself: only the owner changes a delegation).
+    let consent = authorised(&state, &caller, &consents, draft, now)?;
     // What a delegate gave stays only while it still fits the delegation, given to the same delegate.
     let revoked: Vec<Consent> = dependants(&consents, &id)
         .into_iter()

@@ -66,7 +66,9 @@ pub async fn ingest(State(state): State<AppState>, caller: Caller, body: RawBody
             state.limits.max_batch
         )));
     }
-    // Consecutive updates of one resource share one policy check.
+    // Consecutive updates of one resource share one policy check; the personal data among them is noted for the
+    // owners' audit trails.
+    let mut personal = crate::audit::BatchWrites::default();
     let mut last: Option<&ResourcePath> = None;
     for u in &updates {
         if last != Some(&u.path) {
@@ -74,17 +76,12 @@ pub async fn ingest(State(state): State<AppState>, caller: Caller, body: RawBody
             if !state.policy.check(&caller.0, &object, Action::Write) {
                 return Err(denied(&caller, &object, Action::Write));
             }
+            personal.note(&state, &object);
             last = Some(&u.path);
         }
     }
-    let objects: Vec<String> = {
-        let mut paths: Vec<String> = updates.iter().map(|u| u.path.to_string()).collect();
-        paths.sort_unstable();
-        paths.dedup();
-        paths
-    };
     let accepted = state.twin.ingest(updates).await?;
-    crate::audit::note_batch_writes(&state, &caller, objects.iter().map(String::as_str));
+    personal.record(&state, &caller);
     state.metrics.ingested.inc_by(accepted as u64);
     Ok(Json(json!({ "accepted": accepted })))
 }

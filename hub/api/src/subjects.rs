@@ -6,7 +6,7 @@ use axum::{
 };
 use hub_audit::Record;
 use hub_model::Timestamp;
-use hub_policy::{Action, DataClass, Principal, validate_name};
+use hub_policy::{Action, validate_name};
 use hub_store::{AuditQuery, HistoryQuery, Order};
 use serde_json::{Value, json};
 
@@ -50,16 +50,14 @@ pub async fn export(
     let exported = Timestamp::now();
 
     // The personal data it owns: each resource whose labels name it as owner.
-    let owner = Principal::new(subject.clone(), Vec::new());
     let mut resources = Vec::new();
     let mut withheld = Vec::new();
     let mut paths = state.twin.resource_paths();
     paths.sort_by_key(ToString::to_string);
     for path in paths {
         let object = path.to_string();
-        let (_, labels) = state.policy.decide(&owner, &object, Action::Read);
-        let personal = labels.class.as_ref().is_some_and(|c| c.value == DataClass::Personal);
-        if !personal || labels.owner.as_ref().is_none_or(|o| state.policy.canonical(&o.value) != subject) {
+        let labels = state.policy.labels_of(&object);
+        if crate::audit::owner_of_personal(&state, &labels).as_deref() != Some(subject.as_str()) {
             continue;
         }
         // The data itself goes to whoever may read it: the subject, or someone it consented to. A caller who
@@ -124,14 +122,10 @@ pub async fn export(
     audit.dedup_by_key(|(seq, _)| *seq);
     let audit: Vec<Record> = audit.into_iter().map(|(_, record)| record).collect();
 
-    let mut tokens: Vec<Value> = state
-        .tokens
-        .list()
-        .iter()
-        .filter(|t| state.policy.canonical(&t.subject) == subject)
-        .map(crate::system::token_json)
-        .collect();
-    tokens.sort_by(|a, b| a["created"].to_string().cmp(&b["created"].to_string()));
+    let mut tokens = state.tokens.list();
+    tokens.retain(|t| state.policy.canonical(&t.subject) == subject);
+    tokens.sort_by_key(|t| t.created_micros);
+    let tokens: Vec<Value> = tokens.iter().map(crate::system::token_json).collect();
 
     let entry = hub_audit::Entry::new(
         caller.0.subject.clone(),

@@ -211,16 +211,20 @@ fn coalesce_reads(entries: Vec<(Timestamp, Entry)>) -> Vec<(Timestamp, Entry)> {
         return entries;
     }
     let mut out: Vec<(Timestamp, Entry, usize, Timestamp)> = Vec::with_capacity(entries.len());
-    let mut first_of: std::collections::HashMap<Entry, usize> = std::collections::HashMap::new();
+    // The reads kept so far, by the hash of their entry (collisions are told apart by comparing the entries), so
+    // that no entry is copied to serve as a key.
+    let hasher = std::collections::hash_map::RandomState::new();
+    let mut reads: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
     for (time, entry) in entries {
         if entry.action == "read" {
-            if let Some(&at) = first_of.get(&entry) {
+            let candidates = reads.entry(std::hash::BuildHasher::hash_one(&hasher, &entry)).or_default();
+            if let Some(&at) = candidates.iter().find(|&&at| out[at].1 == entry) {
                 let merged = &mut out[at];
                 merged.2 += 1;
                 merged.3 = merged.3.max(time);
                 continue;
             }
-            first_of.insert(entry.clone(), out.len());
+            candidates.push(out.len());
         }
         out.push((time, entry, 1, time));
     }

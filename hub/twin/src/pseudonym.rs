@@ -76,10 +76,18 @@ impl Pseudonymiser {
 
     /// Whether values of `path` are pseudonymised.
     pub fn covers(&self, path: &ResourcePath) -> bool {
-        !self.identifiers.is_empty() && {
-            let text = path.to_string();
-            self.identifiers.iter().any(|g| g.matches(&text))
+        if self.identifiers.is_empty() {
+            return false;
         }
+        // Every update of every batch asks: the path's text is written into one buffer per thread, not allocated.
+        thread_local! {
+            static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        TEXT.with_borrow_mut(|text| {
+            text.clear();
+            let _ = std::fmt::Write::write_fmt(text, format_args!("{path}"));
+            self.identifiers.iter().any(|g| g.matches(text))
+        })
     }
 
     /// The pseudonym of `value` in the period of `at`. `null` (no reading) stays `null`. A period later than the
